@@ -1,0 +1,234 @@
+"""agefuse-regions: face photos in, a cache of region crops grouped by age group out.
+
+    agefuse-regions SOURCE --cache CACHE [--labels labels.csv] [--workers 2] [--shard K/N]
+
+Reads the images under SOURCE (labels from UTKFace names, or from ``--labels``), finds each
+face and its 68 landmarks with dlib, and writes ``CACHE/<age_group>/<region>/<id>.<ext>``
+for the regions original, face (aligned), left_eye, right_eye and mouth, plus
+``CACHE/manifest.jsonl``. Run again, it does only what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import crop, labels, manifest
+from .pipeline import Settings, is_complete, process_image, remove_stale_temporaries
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Detect faces and landmarks, crop the regions, cache them by age group.",
+        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("source", help="folder of face images (UTKFace names give the labels)")
+    parser.add_argument("--cache", required=True, help="output folder of crops and manifest")
+    parser.add_argument("--labels", default=None,
+                        help="CSV with columns path,age[,gender] instead of UTKFace names")
+    parser.add_argument("--detector", choices=landmarks_detectors(), default="hog",
+                        help="dlib HOG (fast) or dlib's MMOD CNN (robust to pose and light)")
+    parser.add_argument("--upsample", type=int, default=0,
+                        help="times to enlarge the image before detection (finds smaller faces)")
+    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
+                        help="reject images with no detected face instead of using the whole "
+                             "image (the fallback suits already-cropped faces)")
+    parser.add_argument("--fallback-inset", type=float, default=0.08,
+                        help="margin of the whole-image fallback box, as a fraction of the side")
+    for name in crop.CROP_NAMES:
+        width, height = crop.DEFAULT_SIZES[name]
+        parser.add_argument(f"--{name.replace('_', '-')}-size", type=crop.parse_size,
+                            default=f"{width}x{height}", help=f"{name} crop size, N or WxH")
+    parser.add_argument("--ext", choices=["jpg", "png"], default="jpg", help="crop file format")
+    parser.add_argument("--age-groups", default=manifest.DEFAULT_AGE_GROUPS,
+                        help="contiguous age groups, the cache's top-level folders")
+    parser.add_argument("--split", type=manifest.parse_split, default="80/10/10",
+                        help="train/val/test proportions, stratified by age group")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--workers", type=int, default=2, help="processes (1 = no pool)")
+    parser.add_argument("--shard", type=manifest.parse_shard, default="0/1",
+                        help="process only share K of N (0-based); merge with agefuse-regions-merge")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="process at most this many images of the share (for a quick look)")
+    parser.add_argument("--retry-rejected", action="store_true",
+                        help="try again the images an earlier run rejected")
+    return parser
+
+
+def landmarks_detectors() -> tuple[str, ...]:
+    from .landmarks import DETECTORS
+    return DETECTORS
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    manifest.parse_age_groups(args.age_groups)  # fail early on a bad definition
+    sizes = {name: getattr(args, f"{name}_size") for name in crop.CROP_NAMES}
+    return Settings(detector=args.detector, upsample=args.upsample, fallback=args.fallback,
+                    fallback_inset=args.fallback_inset, sizes=sizes, ext=args.ext,
+                    age_groups=args.age_groups, split=tuple(args.split), seed=args.seed)
+
+
+def check_settings(cache: Path, settings: Settings) -> None:
+    """A cache holds crops of one set of settings: mixing two would be silent corruption."""
+    path = cache / manifest.SETTINGS
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        differ = {k: (recorded.get(k), v) for k, v in settings.to_json().items()
+                  if recorded.get(k) != v}
+        if differ:
+            lines = ", ".join(f"{k}: cache has {old!r}, asked {new!r}" for k, (old, new) in differ.items())
+            raise SystemExit(f"error: {cache} was made with other settings ({lines}); "
+                             f"use another --cache or the same options")
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        manifest.write_atomic(path, json.dumps(settings.to_json(), indent=2).encode())
+
+
+def _work(task):
+    item, group, cache, settings = task
+    return process_image(item, group, cache, settings)
+
+
+def _ignore_sigint():
+    # Ctrl-C reaches every process of the group; the parent alone decides what to do
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    cache = Path(args.cache)
+    settings = settings_from(args)
+    check_settings(cache, settings)
+    remove_stale_temporaries(cache)
+
+    # labels, age groups and the split come from the whole data set, whatever the shard
+    items, problems = labels.collect(args.source, args.labels)
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    with (cache / manifest.LABEL_PROBLEMS).open("w") as handle:
+        handle.write("path,reason\n" + "".join(f'"{p.path}","{p.reason}"\n' for p in problems))
+    if not items:
+        raise SystemExit(f"error: no labelled images under {args.source}")
+    groups = manifest.parse_age_groups(settings.age_groups)
+    group_of = {item.id: manifest.age_group(item.age, groups) for item in items}
+    by_group: dict[str, list[str]] = {}
+    for image_id, group in group_of.items():
+        by_group.setdefault(group, []).append(image_id)
+    split = manifest.assign_split(by_group, settings.seed, settings.split)
+
+    share = [item for item in items if manifest.in_shard(item.id, args.shard)]
+    path = cache / manifest.manifest_name(args.shard)
+    wanted = {item.id for item in share}
+    kept = [row for row in manifest.read_rows(path) if row["id"] in wanted
+            and is_complete(row, cache) and not (args.retry_rejected and row["status"] == "rejected")]
+    done = {row["id"] for row in kept}
+    manifest.write_rows(path, kept)  # drops rows cut short, stale or to be redone
+    todo = [item for item in share if item.id not in done][: args.limit]
+    print(f"{len(share)} images in share {args.shard[0]}/{args.shard[1]}: "
+          f"{len(done)} already cached, {len(todo)} to process", file=sys.stderr)
+
+    rows = list(kept)
+    tasks = [(item, group_of[item.id], str(cache), settings) for item in todo]
+    interrupted = False
+    pool = None
+    with path.open("a", encoding="utf-8") as out:
+        try:
+            if args.workers > 1 and len(tasks) > 1:
+                pool = multiprocessing.get_context("fork").Pool(args.workers, _ignore_sigint)
+                results = pool.imap_unordered(_work, tasks, chunksize=8)
+            else:
+                results = map(_work, tasks)
+            for row in tqdm(results, total=len(tasks), desc="regions", unit="img",
+                            disable=None, dynamic_ncols=True):
+                row["split"] = split[row["id"]]
+                if row["status"] == "rejected":
+                    tqdm.write(f"skipped {row['source']}: {row['reason']}", file=sys.stderr)
+                out.write(json.dumps(row, separators=(",", ":")) + "\n")
+                out.flush()
+                rows.append(row)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    elapsed = time.perf_counter() - start
+    processed = len(rows) - len(kept)
+    if interrupted:
+        print(f"\ninterrupted after {processed} images; the cache is consistent: run the same "
+              f"command again to finish the remaining {len(todo) - processed}", file=sys.stderr)
+        return 130
+    manifest.write_rows(path, rows)
+    summary = summarize(rows, problems, processed, elapsed)
+    manifest.write_atomic(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json",
+                          json.dumps(summary, indent=2).encode())
+    print_summary(summary, path)
+    return 0
+
+
+def summarize(rows: list[dict], problems: list, processed: int, elapsed: float) -> dict:
+    cached = [r for r in rows if r["status"] != "rejected"]
+    per_group = Counter(r["age_group"] for r in cached)
+    per_region = Counter(region for r in cached for region in r["crops"])
+    return {
+        "images": len(rows), "cached": len(cached),
+        "detected": sum(r["status"] == "ok" for r in rows),
+        "fallback": sum(r["status"] == "fallback" for r in rows),
+        "rejected": sum(r["status"] == "rejected" for r in rows),
+        "label_problems": len(problems),
+        "per_age_group": dict(sorted(per_group.items(), key=lambda kv: _group_key(kv[0]))),
+        "per_region": dict(per_region),
+        "per_split": dict(Counter(r["split"] for r in cached)),
+        "processed_this_run": processed, "seconds": round(elapsed, 2),
+        "images_per_second": round(processed / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+def _group_key(label: str) -> int:
+    return int(label.rstrip("+").split("-")[0])
+
+
+def print_summary(summary: dict, path: Path) -> None:
+    print(f"\n{path}: {summary['images']} images, {summary['cached']} cached "
+          f"({summary['detected']} detected, {summary['fallback']} whole-image fallback), "
+          f"{summary['rejected']} rejected, {summary['label_problems']} skipped for their labels")
+    print("images per age group (each with every region: "
+          + ", ".join(f"{k} {v}" for k, v in summary["per_region"].items()) + ")")
+    for group, count in summary["per_age_group"].items():
+        print(f"  {group:>6}  {count:6d}")
+    print("split: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["per_split"].items())))
+    print(f"{summary['processed_this_run']} images processed in {summary['seconds']} s "
+          f"= {summary['images_per_second']} images/s")
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Join the shard manifests of a cache (agefuse-regions --shard K/N) into "
+                    "manifest.jsonl. Copy the shards' cache folders into one first: their "
+                    "files are disjoint.")
+    parser.add_argument("cache", help="cache folder holding manifest.shard-K-of-N.jsonl files")
+    args = parser.parse_args(argv)
+    try:
+        path = manifest.merge_shards(args.cache)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(f"{path}: {len(manifest.read_rows(path))} rows")
+    return 0
+
+
+def run() -> int:
+    args = get_args_parser().parse_args()
+    try:
+        return main(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

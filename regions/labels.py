@@ -1,0 +1,167 @@
+"""Labels: where each image's age (and gender, race) comes from.
+
+Two sources:
+- UTKFace file names, ``<age>_<gender>_<race>_<date&time>.jpg.chip.jpg``;
+- a CSV with a header ``path,age[,gender]`` for a user's own data set (paths relative to
+  the CSV's folder, or absolute).
+
+A name or row that cannot be read, or a label out of range, is reported as a ``Problem``
+(file and reason) and skipped: a label is never guessed.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_AGE = 120  # UTKFace goes to 116; anything beyond is a typo, not a person
+GENDERS = {0: "male", 1: "female"}  # UTKFace's coding, kept for CSVs too
+RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+
+# UTKFace: age_gender_race_datetime; the date field is free text (two public files carry a
+# stray space or a missing dot there), but the three label fields must all be present.
+_UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>[^_]+)$")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image to process."""
+    id: str
+    path: str
+    age: int
+    gender: int | None = None
+    race: int | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class LabelError(ValueError):
+    pass
+
+
+def image_id(path: str | Path) -> str:
+    """A file-system-safe id from a file name: UTKFace's ``.jpg.chip.jpg`` and any image
+    suffix removed, characters other than letters, digits, ``.``, ``_`` and ``-`` folded."""
+    name = Path(path).name
+    if name.lower().endswith(".chip.jpg"):
+        name = name[: -len(".chip.jpg")]
+    stem, suffix = name.rsplit(".", 1) if "." in name else (name, "")
+    if "." + suffix.lower() in IMAGE_SUFFIXES:
+        name = stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
+def check_age(age: int) -> int:
+    if not 0 <= age <= MAX_AGE:
+        raise LabelError(f"age {age} is outside 0..{MAX_AGE}")
+    return age
+
+
+def check_gender(gender: int | None) -> int | None:
+    if gender is not None and gender not in GENDERS:
+        raise LabelError(f"gender {gender} is not 0 (male) or 1 (female)")
+    return gender
+
+
+def parse_utkface_name(path: str | Path) -> Item:
+    """The labels in a UTKFace file name; ``LabelError`` says what is wrong with it."""
+    name = Path(path).name
+    if not name.lower().endswith(".jpg.chip.jpg") and not name.lower().endswith(".jpg"):
+        raise LabelError("not a UTKFace .jpg file name")
+    stem = name.split(".jpg", 1)[0] if ".jpg" in name else name
+    stem = stem.removesuffix("jpg.chip").strip()
+    match = _UTKFACE_NAME.match(stem)
+    if match is None:
+        fields = stem.split("_")
+        raise LabelError(
+            f"malformed UTKFace name: expected age_gender_race_date, got {len(fields)} "
+            f"field(s) {fields!r}")
+    race = int(match["race"])
+    if race not in RACES:
+        raise LabelError(f"race {race} is not one of 0..4")
+    return Item(id=image_id(name), path=str(path), age=check_age(int(match["age"])),
+                gender=check_gender(int(match["gender"])), race=race)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def utkface_items(folder: str | Path) -> tuple[list[Item], list[Problem]]:
+    """Every image file below ``folder`` labelled from its name, sorted by id."""
+    items, problems = [], []
+    for path in sorted(p for p in Path(folder).rglob("*") if _is_image(p)):
+        try:
+            items.append(parse_utkface_name(path))
+        except LabelError as err:
+            problems.append(Problem(str(path), str(err)))
+    return _unique(items, problems)
+
+
+def csv_items(csv_path: str | Path) -> tuple[list[Item], list[Problem]]:
+    """Rows of a ``path,age[,gender]`` CSV (extra columns ignored), sorted by id."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: labels CSV not found")
+    items, problems = [], []
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {c.strip().lower() for c in reader.fieldnames or []}
+        if not {"path", "age"} <= columns:
+            raise LabelError(f"{csv_path}: the header must name the columns path,age[,gender]; "
+                             f"found {sorted(columns)}")
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            where = f"{csv_path}:{line}"
+            try:
+                path = Path(row["path"])
+                path = path if path.is_absolute() else csv_path.parent / path
+                gender = row.get("gender", "")
+                items.append(Item(
+                    id=image_id(path), path=str(path), age=check_age(_integer(row["age"], "age")),
+                    gender=check_gender(_integer(gender, "gender") if gender else None)))
+            except LabelError as err:
+                problems.append(Problem(f"{where} ({row.get('path', '')})", str(err)))
+    return _unique(items, problems)
+
+
+def _integer(text: str, field: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LabelError(f"{field} {text!r} is not a number") from None
+    if value != int(value):
+        raise LabelError(f"{field} {text!r} is not a whole number")
+    return int(value)
+
+
+def _unique(items: list[Item], problems: list[Problem]) -> tuple[list[Item], list[Problem]]:
+    """Ids name cache files, so two images with one id would overwrite each other: the
+    second is reported, not silently merged."""
+    seen: dict[str, Item] = {}
+    for item in sorted(items, key=lambda i: (i.id, i.path)):
+        if item.id in seen:
+            problems.append(Problem(item.path, f"same image id {item.id!r} as {seen[item.id].path}"))
+        else:
+            seen[item.id] = item
+    return list(seen.values()), problems
+
+
+def collect(source: str | Path, labels_csv: str | Path | None = None
+            ) -> tuple[list[Item], list[Problem]]:
+    """Items from a CSV when given, else from the UTKFace names under ``source``."""
+    if labels_csv is not None:
+        return csv_items(labels_csv)
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: image folder not found")
+    return utkface_items(source)

@@ -1,0 +1,141 @@
+"""One image in, its crops and manifest row out; and the resumable run over many.
+
+``process_image`` is what a worker does: read, decode, detect, landmarks, crops, write.
+It never raises for a bad image: the row says ``rejected`` and why.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import crop, landmarks, manifest
+from .labels import Item
+
+ENCODINGS = {"jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], "png": [cv2.IMWRITE_PNG_COMPRESSION, 1]}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides what lands in a cache; kept in ``cache.json``."""
+    detector: str = "hog"
+    upsample: int = 0
+    fallback: bool = True         # whole-image fallback for crops the detector misses
+    fallback_inset: float = 0.08  # where HOG puts the face in a 200-px UTKFace chip (median)
+    sizes: dict = field(default_factory=lambda: dict(crop.DEFAULT_SIZES))
+    ext: str = "jpg"
+    age_groups: str = manifest.DEFAULT_AGE_GROUPS
+    split: tuple = manifest.DEFAULT_SPLIT
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "sizes": {k: list(v) for k, v in self.sizes.items()},
+                "split": list(self.split)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Settings":
+        return cls(**{**data, "sizes": {k: tuple(v) for k, v in data["sizes"].items()},
+                      "split": tuple(data["split"])})
+
+
+def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
+    """Where a crop lives, relative to the cache."""
+    return f"{group}/{region}/{image_id}.{ext}"
+
+
+def decode(data: bytes, path: str) -> np.ndarray:
+    """BGR pixels of an encoded image; ``ValueError`` names what is wrong."""
+    if not data:
+        raise ValueError("empty file")
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        # libjpeg fills a truncated JPEG with grey and only warns; that grey is no face
+        raise ValueError("truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image (corrupt or not an image file)")
+    return image
+
+
+def perceptual_hash(gray: np.ndarray) -> str:
+    """64-bit DCT hash (pHash): near-identical pictures differ in a few bits."""
+    small = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8].flatten()
+    bits = low > np.median(low[1:])
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def process_image(item: Item, group: str, cache: str, settings: Settings) -> dict:
+    """Crops of one image written under ``cache``; returns its manifest row."""
+    row = {"id": item.id, "source": item.path, "age": item.age, "gender": item.gender,
+           "race": item.race, "age_group": group, "status": "rejected", "reason": None}
+    try:
+        with open(item.path, "rb") as handle:
+            data = handle.read()
+        image = decode(data, item.path)
+    except (OSError, ValueError) as err:
+        return {**row, "reason": str(err) if isinstance(err, ValueError)
+                else f"cannot read: {err.strerror or err}"}
+
+    height, width = image.shape[:2]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    found = landmarks.face_locations(
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if settings.detector == "cnn" else gray,
+        settings.detector, settings.upsample)
+    if found:
+        box, score = found[0]
+        status, detector = "ok", settings.detector
+    elif settings.fallback:
+        box, score = landmarks.whole_image_box(width, height, settings.fallback_inset), None
+        status, detector = "fallback", "whole-image"
+    else:
+        return {**row, "reason": f"no face found by the {settings.detector} detector",
+                "faces": 0, "width": width, "height": height}
+
+    points = landmarks.face_landmarks(gray, box)
+    sizes = {name: tuple(size) for name, size in settings.sizes.items()}
+    crops = {crop.ORIGINAL: crop_path(group, crop.ORIGINAL, item.id,
+                                      Path(item.path).suffix.lstrip(".").lower() or "jpg")}
+    matrices = {}
+    cache = Path(cache)
+    for name, (pixels, matrix) in crop.crop_regions(image, points, sizes).items():
+        ok, encoded = cv2.imencode("." + settings.ext, pixels, ENCODINGS[settings.ext])
+        if not ok:
+            return {**row, "reason": f"could not encode the {name} crop"}
+        crops[name] = crop_path(group, name, item.id, settings.ext)
+        matrices[name] = np.round(matrix, 6).tolist()
+        _write(cache / crops[name], encoded.tobytes())
+    _write(cache / crops[crop.ORIGINAL], data)  # the source file's own bytes, not re-encoded
+    return {**row, "status": status, "detector": detector, "faces": len(found),
+            "score": None if score is None else round(score, 4), "box": list(map(int, box)),
+            "landmarks": np.round(points, 1).tolist(), "crops": crops, "matrices": matrices,
+            "phash": perceptual_hash(gray), "width": width, "height": height}
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        manifest.write_atomic(path, data)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_atomic(path, data)
+
+
+def is_complete(row: dict, cache: Path) -> bool:
+    """A row whose image needs no more work: rejected for good, or every crop on disk."""
+    if row["status"] == "rejected":
+        return True
+    return all((cache / rel).is_file() for rel in row["crops"].values())
+
+
+def remove_stale_temporaries(cache: Path) -> int:
+    """Temporary files that a killed run left behind; never listed, safe to delete."""
+    removed = 0
+    for folder in [cache, *cache.glob("*/*")]:
+        if folder.is_dir():
+            for entry in os.scandir(folder):
+                if ".tmp-" in entry.name and entry.name.startswith("."):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
