@@ -93,7 +93,8 @@ def parse_utkface_name(path: str | Path) -> Item:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    # not is_file(): a broken link or unreadable entry must be reported later, not vanish
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
 
 
 def utkface_items(folder: str | Path) -> tuple[list[Item], list[Problem]]:

@@ -1,0 +1,104 @@
+"""Crops made by the real pipeline (real dlib, real sample faces)."""
+import cv2
+import numpy as np
+import pytest
+
+from regions import crop, landmarks
+from conftest import SAMPLE, link_images, manifest_rows, run_regions, sample_files
+
+# each part crop must hold the landmarks it is named after
+PART_POINTS = {"left_eye": "left_eye", "right_eye": "right_eye", "mouth": "outer_lip"}
+
+
+def assert_crops_hold_their_landmarks(cache, rows):
+    for row in rows:
+        points = np.array(row["landmarks"])
+        for region, names in PART_POINTS.items():
+            matrix = np.array(row["matrices"][region])
+            height, width = cv2.imread(str(cache / row["crops"][region])).shape[:2]
+            inside = crop.transform(matrix, landmarks.points(points, names))
+            assert (inside >= 0).all() and (inside[:, 0] < width).all() and (inside[:, 1] < height).all(), \
+                f"{row['id']}: {names} points fall outside the {region} crop: {inside.round(1)}"
+        # and the face crop holds every landmark but the jaw's ends
+        face = crop.transform(np.array(row["matrices"]["face"]), points[17:])
+        assert face.min() >= 0 and face.max() < 160, row["id"]
+
+
+def assert_aligned_faces_are_level(cache, rows):
+    """dlib run again on the aligned crop from disk: its eyes must be level (< 2 degrees)."""
+    angles = []
+    for row in rows:
+        face = cv2.imread(str(cache / row["crops"]["face"]))
+        gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+        found = landmarks.face_locations(gray, "hog", upsample=1)
+        if not found:
+            continue
+        angles.append(abs(crop.eye_angle(landmarks.face_landmarks(gray, found[0][0]))))
+    assert len(angles) >= 0.8 * len(rows), "dlib should find most aligned faces again"
+    assert max(angles) < 2.0, f"aligned faces not level: {sorted(angles)[-3:]} degrees"
+    return angles
+
+
+def test_region_crops_hold_their_landmarks(hog_cache):
+    rows = [r for r in manifest_rows(hog_cache) if r["status"] == "ok"]
+    assert len(rows) >= 30
+    assert_crops_hold_their_landmarks(hog_cache, rows)
+
+
+def test_aligned_face_has_level_eyes(hog_cache):
+    rows = [r for r in manifest_rows(hog_cache) if r["status"] == "ok"]
+    source_angles = [abs(crop.eye_angle(np.array(r["landmarks"]))) for r in rows]
+    assert max(source_angles) > 2.0, "the sample should hold tilted faces for this to mean much"
+    assert_aligned_faces_are_level(hog_cache, rows)
+
+
+def test_crops_have_the_configured_sizes_and_folders(hog_cache):
+    for row in manifest_rows(hog_cache)[:10]:
+        for region, rel in row["crops"].items():
+            assert rel.startswith(f"{row['age_group']}/{region}/{row['id']}.")
+            image = cv2.imread(str(hog_cache / rel))
+            if region != crop.ORIGINAL:
+                assert image.shape[1::-1] == crop.DEFAULT_SIZES[region]
+        original = (hog_cache / row["crops"]["original"]).read_bytes()
+        assert original == open(row["source"], "rb").read(), "the original is kept byte for byte"
+
+
+def test_sizes_are_configurable(tmp_path):
+    source = link_images(tmp_path / "images", sample_files(3))
+    run_regions(source, "--cache", tmp_path / "cache", "--workers", 1,
+                "--face-size", 96, "--mouth-size", "72x48", "--ext", "png")
+    row = manifest_rows(tmp_path / "cache")[0]
+    assert cv2.imread(str(tmp_path / "cache" / row["crops"]["face"])).shape[:2] == (96, 96)
+    assert cv2.imread(str(tmp_path / "cache" / row["crops"]["mouth"])).shape[:2] == (48, 72)
+    assert row["crops"]["mouth"].endswith(".png")
+
+
+def test_whole_image_fallback_is_flagged(tmp_path):
+    """A real sample face that HOG misses (a profile): the fallback crops it anyway, and
+    says so, unless the user asks for rejection."""
+    missed = SAMPLE / "26_1_1_20170113011613638.jpg.chip.jpg"
+    source = link_images(tmp_path / "images", [missed])
+    run_regions(source, "--cache", tmp_path / "a", "--workers", 1)
+    row, = manifest_rows(tmp_path / "a")
+    assert (row["status"], row["detector"], row["faces"]) == ("fallback", "whole-image", 0)
+    assert cv2.imread(str(tmp_path / "a" / row["crops"]["face"])).shape == (160, 160, 3)
+    run_regions(source, "--cache", tmp_path / "b", "--workers", 1, "--no-fallback")
+    row, = manifest_rows(tmp_path / "b")
+    assert row["status"] == "rejected" and "no face found" in row["reason"]
+
+
+@pytest.fixture(scope="module")
+def cnn_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cnn")
+    source = link_images(root / "images", sample_files(5, offset=3))
+    run_regions(source, "--cache", root / "cache", "--workers", 1, "--detector", "cnn")
+    return root / "cache"
+
+
+def test_cnn_detector_crops_hold_landmarks_and_align(cnn_cache):
+    rows = manifest_rows(cnn_cache)
+    assert len(rows) == 5
+    detected = [r for r in rows if r["status"] == "ok"]
+    assert len(detected) >= 4 and all(r["detector"] == "cnn" for r in detected)
+    assert_crops_hold_their_landmarks(cnn_cache, detected)
+    assert_aligned_faces_are_level(cnn_cache, detected)
