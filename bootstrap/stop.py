@@ -7,7 +7,7 @@ The best round is tracked so its checkpoint can be the one kept.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -54,8 +54,9 @@ class StopRule:
         return "not stopped"
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        return {"losses": list(self.losses), "best_loss": self.best_loss, "best_round": self.best_round}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        """The record so far; k, epsilon and max_rounds stay this run's, so a resumed run
+        can be given more rounds."""
+        self.losses, self.best_loss, self.best_round = list(state["losses"]), state["best_loss"], state["best_round"]

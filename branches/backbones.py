@@ -202,7 +202,7 @@ def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...
              if not k.removeprefix("module.").startswith(drop_prefixes)}
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.startswith(drop_prefixes)]
     unexpected = [k for k in state if k not in own]
     if not (missing or unexpected or mismatched):
         model.load_state_dict(state)

@@ -206,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
         f"from {args.cache}; {world} process(es) on {device}")
 
     # model, optimiser, stop rule
+    torch.manual_seed(args.seed)  # the initial weights
     model = create_model(args.model, args.age_head, args.max_age, args.embedding_dim,
                          pretrained=args.pretrained, weights=args.weights).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

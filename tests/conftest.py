@@ -44,3 +44,11 @@ def hog_cache(tmp_path_factory) -> Path:
     source = link_images(root / "images", sample_files(36))
     run_regions(source, "--cache", root / "cache", "--workers", 2, "--seed", 7)
     return root / "cache"
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory) -> Path:
+    """The whole bundled sample (252 faces) through the regions stage."""
+    root = tmp_path_factory.mktemp("sample")
+    run_regions(SAMPLE, "--cache", root / "cache", "--workers", 2)
+    return root / "cache"

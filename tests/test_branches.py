@@ -1,0 +1,149 @@
+"""Branch training on real crops of the bundled sample, real torch, on the CPU."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from branches import backbones, train
+from branches.checkpoint import load_checkpoint
+from branches.model import branch_loss, create_model
+from conftest import ROOT
+
+FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "32", "--workers", "0",
+        "--threads", "2"]
+
+
+def train_args(cache, out, *extra):
+    return train.get_args_parser().parse_args(
+        ["--cache", str(cache), "--region", "face", "--out", str(out), *FAST, *map(str, extra)])
+
+
+def history(out):
+    return json.loads((out / "history.json").read_text())
+
+
+def test_two_rounds_lower_the_training_loss(sample_cache, tmp_path):
+    assert train.main(train_args(sample_cache, tmp_path / "run", "--max-rounds", 2, "--lr", 3e-3)) == 0
+    rounds = history(tmp_path / "run")
+    assert len(rounds) == 2 and rounds[1]["train_loss"] < rounds[0]["train_loss"]
+    for name in ("last.pt", "best.pt", "learning_curve.png", "augmentation.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "sampler", "stop", "rng", "model_args"} <= set(state)
+    assert rounds[0]["sampler"]["alpha"] == 0.5 and sum(rounds[0]["sampler"]["drawn"].values()) == 198
+
+
+def test_eyes_branch_reads_both_eyes(sample_cache, tmp_path):
+    args = train.get_args_parser().parse_args(
+        ["--cache", str(sample_cache), "--region", "eyes", "--out", str(tmp_path), *FAST, "--max-rounds", "1"])
+    assert train.main(args) == 0
+    assert history(tmp_path)[0]["train_images"] == 2 * 198  # a left and a mirrored right eye per face
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(sample_cache, tmp_path):
+    extra = ["--max-rounds", "3", "--round-size", "600", "--aug", "default"]
+    assert train.main(train_args(sample_cache, tmp_path / "whole", *extra)) == 0
+
+    command = [sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "face",
+               "--out", str(tmp_path / "cut"), *FAST, *extra]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / "history.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(history(tmp_path / "cut")) < 3, "the run should have been killed part-way"
+    assert train.main(train_args(sample_cache, tmp_path / "cut", *extra, "--resume")) == 0
+
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    for key, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
+    assert [h["val_loss"] for h in history(tmp_path / "whole")] == [h["val_loss"] for h in history(tmp_path / "cut")]
+
+
+def test_two_process_gloo_ddp_run_completes(sample_cache, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "branches.train", "--cache", str(sample_cache), "--region", "mouth",
+               "--out", str(tmp_path), *FAST, "--threads", "1", "--max-rounds", "2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rounds = history(tmp_path)
+    assert "2 process(es)" in result.stdout and len(rounds) == 2
+    assert rounds[0]["train_images"] == 99  # rank 0's half of the 198-draw round
+    assert (tmp_path / "best.pt").is_file()
+
+
+def test_bad_caches_give_one_clear_line(sample_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(sample_cache, cache)
+    rows = [json.loads(line) for line in (cache / "manifest.jsonl").read_text().splitlines()]
+
+    def run(*extra):
+        result = subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(cache), "--out",
+                                 str(tmp_path / "run"), *FAST, "--max-rounds", "1", *extra],
+                                cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-1500:]
+        return result.stderr.strip().splitlines()[-1]
+
+    (cache / rows[0]["crops"]["mouth"]).unlink()
+    assert "not on disk" in run("--region", "mouth") and rows[0]["crops"]["mouth"] in run("--region", "mouth")
+    for row in rows:
+        row["crops"].pop("mouth")
+        row["split"] = "train"
+    (cache / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "no mouth crops" in run("--region", "mouth")
+    assert "the 'val' split is empty" in run("--region", "face")
+
+
+def test_checkpoint_from_another_model_is_refused(sample_cache, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 1)) == 0
+    with pytest.raises(ValueError, match="from another model: model is 'small_cnn' there, 'resnet18' here"):
+        train.main(train.get_args_parser().parse_args(
+            ["--cache", str(sample_cache), "--region", "face", "--out", str(out), "--model", "resnet18",
+             "--image-size", "32", "--workers", "0", "--resume", "--max-rounds", "3"]))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sample_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 1)) == 0
+    before = torch.load(out / "last.pt", weights_only=True)
+    # resume with an absurd learning rate: the weights blow up and the loss turns NaN
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 3, "--resume", "--lr", 1e30)) == 1
+    assert "The last good checkpoint is" in capsys.readouterr().err
+    after = torch.load(out / "last.pt", weights_only=True)
+    assert after["round"] == before["round"] == 0
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_every_model_gives_embedding_age_and_gender(name):
+    model = create_model(name, pretrained=False).eval()
+    out = model(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    assert out["embedding"].shape == (2, 128) and out["age"].shape == (2,)
+    assert out["gender_logit"].shape == (2,) and out["age_logits"].shape == (2, 101)
+    loss, _ = branch_loss(out, torch.tensor([3.0, 70.0]), torch.tensor([0, -1]))
+    assert torch.isfinite(loss)
+
+
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    trunk = backbones.build_backbone("efficientnet_lite0", pretrained=True)
+    packaged = torch.load(backbones.efficientnet_lite0_weights(), weights_only=True)
+    assert torch.equal(trunk._blocks[15]._project_conv.weight, packaged["_blocks.15._project_conv.weight"])
+
+
+def test_resnet_weights_only_from_a_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        backbones.build_backbone("resnet18", weights=str(tmp_path / "resnet18.pth"))
+    torch.save(backbones.build_backbone("small_cnn").state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        backbones.build_backbone("resnet18", weights=str(tmp_path / "wrong.pth"))
+    import torchvision
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    assert backbones.build_backbone("resnet18", weights=str(tmp_path / "r18.pth")).features == 512
