@@ -205,7 +205,7 @@ def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...
     missing = [k for k in own if k not in state and not k.startswith(drop_prefixes)]
     unexpected = [k for k in state if k not in own]
     if not (missing or unexpected or mismatched):
-        model.load_state_dict(state)
+        model.load_state_dict(state, strict=False)  # only the dropped head is absent, checked above
     else:
         raise ValueError(f"{path} does not fit {type(model).__name__}: {len(missing)} missing, "
                          f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped parameters "
