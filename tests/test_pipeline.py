@@ -13,14 +13,15 @@ from regions import manifest
 from conftest import ROOT, link_images, manifest_rows, run_regions, sample_files
 
 
-def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_processed(tmp_path):
+@pytest.mark.parametrize("detector", ["hog", "cnn"])
+def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_processed(tmp_path, detector):
     source = link_images(tmp_path / "images", sample_files(6))
     good = sample_files(1)[0].read_bytes()
     (source / "39_1_20170116174525125.jpg.chip.jpg").write_bytes(good)      # a field missing
     (source / "25_0_0_20170101000000001.jpg.chip.jpg").write_bytes(good[: len(good) // 2])
     (source / "26_0_0_20170101000000002.jpg.chip.jpg").write_text("this is not a picture")
     os.symlink(tmp_path / "gone.jpg", source / "27_0_0_20170101000000003.jpg.chip.jpg")
-    result = run_regions(source, "--cache", tmp_path / "cache", "--workers", 2)
+    result = run_regions(source, "--cache", tmp_path / "cache", "--workers", 2, "--detector", detector)
     err = result.stderr
     assert "39_1_20170116174525125.jpg.chip.jpg: malformed UTKFace name" in err
     assert "25_0_0_20170101000000001.jpg.chip.jpg: truncated JPEG" in err
@@ -48,9 +49,9 @@ def test_missing_source_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _start(source, cache, workers):
+def _start(source, cache, workers, detector):
     return subprocess.Popen([sys.executable, "-m", "regions.cli", str(source), "--cache", str(cache),
-                             "--workers", str(workers), "--seed", "3"],
+                             "--workers", str(workers), "--seed", "3", "--detector", detector],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -71,18 +72,20 @@ def _assert_consistent(cache):
     assert not [p for p in cache.rglob(".*tmp-*")]
 
 
-@pytest.mark.parametrize("how, workers", [(signal.SIGKILL, 1), (signal.SIGINT, 2)])
-def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, how, workers):
-    source = link_images(tmp_path / "images", sample_files(40))
-    run_regions(source, "--cache", tmp_path / "whole", "--workers", 2, "--seed", 3)
+@pytest.mark.parametrize("how, workers, detector, count", [
+    (signal.SIGKILL, 1, "hog", 40), (signal.SIGINT, 2, "hog", 40), (signal.SIGKILL, 1, "cnn", 8)])
+def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, how, workers, detector, count):
+    source = link_images(tmp_path / "images", sample_files(count))
+    options = ["--seed", 3, "--detector", detector]
+    run_regions(source, "--cache", tmp_path / "whole", "--workers", 2, *options)
 
     cache = tmp_path / "cut"
-    process = _start(source, cache, workers)
-    _wait_for_rows(cache / "manifest.jsonl", 8, process)
+    process = _start(source, cache, workers, detector)
+    _wait_for_rows(cache / "manifest.jsonl", count // 5, process)
     process.send_signal(how)
     process.communicate(timeout=30)
     rows_before = manifest.read_rows(cache / "manifest.jsonl")
-    assert 8 <= len(rows_before) < 40, "the run should have been cut part-way"
+    assert count // 5 <= len(rows_before) < count, "the run should have been cut part-way"
     if how == signal.SIGINT:
         assert process.returncode == 130
     else:
@@ -90,11 +93,11 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, how, workers):
         with open(cache / "manifest.jsonl", "a") as handle:
             handle.write('{"id": "half a row')
 
-    result = run_regions(source, "--cache", cache, "--workers", 2, "--seed", 3)
+    result = run_regions(source, "--cache", cache, "--workers", 2, *options)
     assert f"{len(rows_before)} already cached" in result.stderr
     assert manifest_rows(cache) == manifest_rows(tmp_path / "whole")
     _assert_consistent(cache)
-    again = run_regions(source, "--cache", cache, "--workers", 2, "--seed", 3)
+    again = run_regions(source, "--cache", cache, "--workers", 2, *options)
     assert "0 to process" in again.stderr
 
 
