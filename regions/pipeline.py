@@ -114,6 +114,37 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
             "phash": perceptual_hash(gray), "width": width, "height": height}
 
 
+def faces_in(image: np.ndarray, detector: str = "hog", upsample: int = 0,
+             sizes: dict | None = None, fallback: bool = False) -> list[dict]:
+    """Every face of a BGR photo, in memory: ``box``, ``score``, ``landmarks`` and RGB
+    ``crops`` by region, ``original`` being the face's box widened to the framing of an
+    aligned-and-cropped face photo (as the UTKFace chips the original branch learns from).
+    With ``fallback``, a photo with no detection is taken as one pre-cropped face."""
+    height, width = image.shape[:2]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    found = landmarks.face_locations(rgb if detector == "cnn" else gray, detector, upsample)
+    if not found and fallback:
+        found = [(landmarks.whole_image_box(width, height), None)]
+    faces = []
+    for box, score in found:
+        points = landmarks.face_landmarks(gray, box)
+        crops = {name: pixels for name, (pixels, _) in crop.crop_regions(rgb, points, sizes).items()}
+        crops[crop.ORIGINAL] = crop.warp(rgb, chip_matrix(box), (200, 200))
+        faces.append({"box": tuple(map(int, box)), "score": score, "landmarks": points, "crops": crops})
+    return faces
+
+
+def chip_matrix(box, size: int = 200, fill: float = 0.9) -> np.ndarray:
+    """Affine from a photo to a ``size`` square in which ``box`` fills ``fill`` of the side,
+    as dlib's box does in a 200-px UTKFace chip."""
+    left, top, right, bottom = box
+    side = max(right - left, bottom - top) / fill
+    scale = size / side
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    return np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
+
+
 def _write(path: Path, data: bytes) -> None:
     try:
         manifest.write_atomic(path, data)

@@ -52,3 +52,18 @@ def sample_cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     run_regions(SAMPLE, "--cache", root / "cache", "--workers", 2)
     return root / "cache"
+
+
+@pytest.fixture(scope="session")
+def sample_fused(sample_cache, tmp_path_factory) -> Path:
+    """Branches for face, eyes, mouth and original trained briefly on the sample, and the
+    fusion head over them: the fused.pt a user gets from the main job, in miniature."""
+    root = tmp_path_factory.mktemp("fused")
+    for region in ("face", "eyes", "mouth", "original"):
+        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", region,
+                        "--out", str(root / "runs" / region), "--image-size", "40", "--batch-size", "32",
+                        "--max-rounds", "6", "--lr", "3e-3", "--workers", "0"],
+                       cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs", str(root / "runs"),
+                    "--out", str(root / "fused")], cwd=ROOT, check=True, capture_output=True)
+    return root / "fused" / "fused.pt"

@@ -1,0 +1,180 @@
+"""agefuse-evaluate: the fused model and each branch alone, side by side.
+
+    agefuse-evaluate --model runs/fused/fused.pt --cache runs/utk --split val --out runs/eval
+    agefuse-evaluate --model runs/fused/fused.pt --images photos/ [--labels labels.csv] --out runs/eval
+
+A plain folder goes through the same regions pipeline first (into ``OUT/cache``). Reports
+age MAE, MSE, R², CS@5, MAE per decade and per race, minors-vs-adults precision/recall, and
+gender accuracy, precision, recall, F1 and confusion matrix; writes ``evaluation.json``,
+``evaluation.md`` and PNGs (predicted vs true age, error by age, gender confusion).
+Images where no face was found are counted and listed, never dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regions import manifest
+
+from .features import extract
+from .metrics import age_report, gender_report, interval_coverage
+from .model import load_fused
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate the fused model and each branch alone.",
+                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cache", help="a regions cache; evaluate its --split")
+    source.add_argument("--images", help="a plain folder of labelled face images")
+    parser.add_argument("--split", default="val", choices=[*manifest.SPLITS, "all"])
+    parser.add_argument("--labels", default=None, help="with --images: CSV path,age[,gender]")
+    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="with --images")
+    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
+                        help="with --images: a face the detector misses is not evaluated (counted as no face)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    return parser
+
+
+def prepare_folder(args, model_state: dict, out: Path) -> Path:
+    """Run the regions stage on a plain folder, with the crop sizes the branches expect."""
+    from regions import cli as regions_cli
+    cache = out / "cache"
+    argv = [args.images, "--cache", str(cache), "--workers", str(args.workers), "--detector", args.detector]
+    if args.labels:
+        argv += ["--labels", args.labels]
+    if not args.fallback:
+        argv.append("--no-fallback")
+    regions_cli.main(regions_cli.get_args_parser().parse_args(argv))
+    return cache
+
+
+def evaluate_rows(model, cache: Path, rows: list[dict]) -> dict:
+    data = extract(model, cache, rows, desc="evaluating")
+    features, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
+    with torch.no_grad():
+        out = model.predict(features, present)
+    fused = {"age": out["age"].numpy(), "gender_female": out["gender_female"].numpy()}
+    result = {"fused": {**age_report(data["age"], fused["age"], data["race"]),
+                        "gender": gender_report(data["gender"], fused["gender_female"]),
+                        "interval_coverage": interval_coverage(data["age"], out["age_low"].numpy(),
+                                                               out["age_high"].numpy())}}
+    for i, region in enumerate(model.regions):
+        have = data["present"][:, i]
+        result[region] = {**age_report(data["age"][have], data["features"][have, i, -2] * 100, data["race"][have]),
+                          "gender": gender_report(data["gender"][have],
+                                                  1 / (1 + np.exp(-data["features"][have, i, -1])))}
+    return result, data, fused
+
+
+def markdown(result: dict, counts: dict) -> str:
+    columns = list(result)
+    rows = [("age MAE", "mae", "{:.2f}"), ("age MSE", "mse", "{:.1f}"), ("age R²", "r2", "{:.3f}"),
+            ("CS@5", "cs5", "{:.1%}"), ("worst decade MAE", "worst_decade_mae", "{:.2f}")]
+    lines = [f"| figure | {' | '.join(columns)} |", "|---|" + "---|" * len(columns)]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(result[c][key]) for c in columns) + " |")
+    for label, key in (("gender accuracy", "accuracy"), ("gender precision (F)", "precision"),
+                       ("gender recall (F)", "recall"), ("gender F1 (F)", "f1")):
+        lines.append(f"| {label} | " + " | ".join(f"{result[c]['gender'][key]:.1%}" for c in columns) + " |")
+    for group, label in (("minors", "minors (<18)"), ("adults", "adults (18+)")):
+        for key in ("precision", "recall"):
+            lines.append(f"| {label} {key} | " +
+                         " | ".join(f"{result[c][group][key]:.1%}" for c in columns) + " |")
+    decades = result["fused"]["mae_by_decade"]
+    lines += ["", "MAE per age decade:", "", "| decade | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for decade in decades:
+        lines.append(f"| {decade} | " + " | ".join(
+            f"{result[c]['mae_by_decade'].get(decade, float('nan')):.2f}" for c in columns) + " |")
+    if "mae_by_race" in result["fused"]:
+        lines += ["", "MAE per race:", "", "| race | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for race in result["fused"]["mae_by_race"]:
+            lines.append(f"| {race} | " + " | ".join(
+                f"{result[c]['mae_by_race'].get(race, float('nan')):.2f}" for c in columns) + " |")
+    confusion = result["fused"]["gender"]["confusion"]
+    lines += ["", f"Fused gender confusion (rows true, columns predicted; male, female): {confusion}",
+              f"Fused {100 * result['fused']['interval_coverage']:.1f}% of true ages inside the stated 80% interval.",
+              "", "Images: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, list))]
+    return "\n".join(lines) + "\n"
+
+
+def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    true, predicted = data["age"], fused["age"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, predicted, s=4, alpha=0.4)
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8)
+    ax.set(xlabel="true age", ylabel="predicted age", title=f"fused: MAE {result['fused']['mae']:.2f}")
+    fig.tight_layout(); fig.savefig(out / "predicted_vs_true.png", dpi=100); plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in result:
+        decades = result[name]["mae_by_decade"]
+        ax.plot(list(decades), list(decades.values()), "o-" if name == "fused" else ".--",
+                lw=2 if name == "fused" else 1, label=name)
+    ax.set(xlabel="true age decade", ylabel="MAE (years)", title="error by age")
+    ax.legend(); fig.tight_layout(); fig.savefig(out / "error_by_age.png", dpi=100); plt.close(fig)
+
+    confusion = np.array(result["fused"]["gender"]["confusion"])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set_xticks([0, 1], ["male", "female"]); ax.set_yticks([0, 1], ["male", "female"])
+    ax.set(xlabel="predicted", ylabel="true", title="gender (fused)")
+    fig.tight_layout(); fig.savefig(out / "gender_confusion.png", dpi=100); plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, state = load_fused(args.model)
+    cache = Path(args.cache) if args.cache else prepare_folder(args, state, out)
+    split = args.split if args.cache else "all"
+    every = manifest.load(cache)
+    chosen = [r for r in every if split == "all" or r["split"] == split]
+    rows = [r for r in chosen if r["status"] != "rejected"]
+    no_face = [r["source"] for r in chosen if r["status"] == "fallback" or
+               (r["status"] == "rejected" and r.get("faces") == 0)]
+    unreadable = [f"{r['source']}: {r['reason']}" for r in chosen if r["status"] == "rejected" and r.get("faces") != 0]
+    counts = {"evaluated": len(rows), "no face found": len(no_face),
+              "of which scored from the whole image": sum(r["status"] == "fallback" for r in chosen),
+              "unreadable": len(unreadable), "no_face_files": no_face, "unreadable_files": unreadable}
+    if not rows:
+        raise SystemExit(f"error: nothing to evaluate in {cache} ({split} split)")
+    result, data, fused = evaluate_rows(model, cache, rows)
+    (out / "evaluation.json").write_text(json.dumps({"images": counts, "results": result,
+                                                     "model": args.model, "source": str(cache), "split": split}, indent=1))
+    table = markdown(result, counts)
+    (out / "evaluation.md").write_text(table)
+    plots(data, fused, result, out)
+    print(table)
+    for row in chosen:
+        if row["status"] == "fallback":
+            print(f"no face found: {row['source']} (scored from the whole image)")
+        elif row["status"] == "rejected" and row.get("faces") == 0:
+            print(f"no face found: {row['source']} (not evaluated)")
+    for line in unreadable:
+        print(f"not evaluated: {line}")
+    print(f"wrote {out / 'evaluation.json'}, evaluation.md, predicted_vs_true.png, error_by_age.png, gender_confusion.png")
+    return 0
+
+
+def run() -> int:
+    try:
+        return main(get_args_parser().parse_args())
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

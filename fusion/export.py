@@ -1,0 +1,85 @@
+"""agefuse-export: the fused model (branches + head) as one ``torch.export`` file (.pt2).
+
+    agefuse-export --model runs/fused/fused.pt --out runs/fused/fused.pt2
+
+The exported program needs torch alone, no agefuse code: ``torch.export.load(path).module()``
+and call it with ``(views, present)``, where ``views[i]`` is the (N, V, 3, S, S) uint8 RGB crops of
+branch i (regions and sizes in the file's ``meta.json`` extra file) and ``present`` the
+(N, R) bool flags. It returns (N, 4 + R): age, interval low, interval high, P(female), then
+each branch's own age; any number of faces. The command checks the file against the
+original on random inputs. (TorchScript is deprecated in this torch; torch.export replaces it.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from branches.data import BRANCH_REGIONS
+
+from .model import FusedModel, load_fused
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export the fused model with torch.export (.pt2).", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+    parser.add_argument("--out", required=True, help="the .pt2 file to write")
+    return parser
+
+
+def example_inputs(model: FusedModel, count: int = 3, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    views = [torch.randint(0, 256, (count, len(BRANCH_REGIONS[r]), 3, s, s), generator=generator, dtype=torch.uint8)
+             for r, s in zip(model.regions, model.image_sizes)]
+    present = torch.ones(count, len(model.regions), dtype=torch.bool)
+    present[0, -1] = False  # one face with a crop missing, so that path is traced too
+    return views, present
+
+
+def meta(model: FusedModel) -> dict:
+    return {"regions": model.regions, "image_sizes": model.image_sizes,
+            "views": {r: [name + (" (mirrored)" if mirror else "") for name, mirror in BRANCH_REGIONS[r]]
+                      for r in model.regions},
+            "outputs": ["age", "age_low", "age_high", "p_female"] + [f"age_{r}" for r in model.regions],
+            "interval": model.interval}
+
+
+def export(model: FusedModel, path: Path) -> Path:
+    views, present = example_inputs(model)
+    faces = torch.export.Dim("faces", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(model, (views, present),
+                                      dynamic_shapes=([{0: faces} for _ in views], {0: faces}))
+    torch.export.save(program, str(path), extra_files={"meta.json": json.dumps(meta(model))})
+    return path
+
+
+def load_exported(path: str | Path):
+    """What a user without agefuse does: torch alone."""
+    return torch.export.load(str(path)).module()
+
+
+def main(args: argparse.Namespace) -> int:
+    model, _ = load_fused(args.model)
+    path = export(model, Path(args.out))
+    views, present = example_inputs(model, count=5, seed=1)
+    with torch.no_grad():
+        difference = (load_exported(path)(views, present) - model(views, present)).abs().max().item()
+    print(f"{path}: exported program of {', '.join(model.regions)} + head; max difference from the original on "
+          f"5 random faces: {difference:.2e}")
+    return 0 if difference <= 1e-4 else 1
+
+
+def run() -> int:
+    try:
+        return main(get_args_parser().parse_args())
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,103 @@
+"""Branch outputs for every face of a split, computed once and cached on disk.
+
+``<out>/features-<split>.npz`` holds, per manifest row: the branch features (N, R, F), the
+presence flags (N, R), age, gender, race and id. Its name carries a fingerprint of the
+branch checkpoints and the manifest, so a changed branch or cache is recomputed, an
+unchanged one is read back.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from branches.data import BRANCH_REGIONS, UNKNOWN_GENDER
+from regions import manifest
+
+from .model import FusedModel
+
+
+def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.ndarray | None:
+    """(V, 3, size, size) uint8 views of one face for a branch, from RGB crops by cache
+    name; None when a crop it needs is missing."""
+    views = []
+    for name, mirror in BRANCH_REGIONS[region]:
+        image = crops.get(name)
+        if image is None:
+            return None
+        if mirror:
+            image = image[:, ::-1]
+        if image.shape[:2] != (size, size):
+            image = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_AREA)
+        views.append(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return np.stack(views)
+
+
+def batch_inputs(model: FusedModel, faces: list[dict[str, np.ndarray | None]]
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The model's inputs for a list of faces (each a dict of RGB crops by cache name)."""
+    inputs, present = [], torch.zeros(len(faces), len(model.regions), dtype=torch.bool)
+    for r, (region, size) in enumerate(zip(model.regions, model.image_sizes)):
+        count = len(BRANCH_REGIONS[region])
+        block = np.zeros((len(faces), count, 3, size, size), np.uint8)
+        for i, crops in enumerate(faces):
+            views = views_of(region, crops, size)
+            if views is not None:
+                block[i], present[i, r] = views, True
+        inputs.append(torch.from_numpy(block))
+    return inputs, present
+
+
+def read_crops(cache: Path, row: dict) -> dict[str, np.ndarray | None]:
+    """RGB crops of a manifest row; a crop not listed or not decodable is None."""
+    crops = {}
+    for name, rel in row.get("crops", {}).items():
+        image = cv2.imread(str(cache / rel), cv2.IMREAD_COLOR)
+        crops[name] = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return crops
+
+
+def fingerprint(cache: Path, checkpoints: dict[str, Path]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for region, path in sorted(checkpoints.items()):
+        digest.update(f"{region}:{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}".encode())
+    digest.update(str((cache / manifest.MANIFEST).stat().st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 128,
+            device: torch.device = torch.device("cpu"), desc: str = "features") -> dict[str, np.ndarray]:
+    features, present = [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=None):
+        faces = [read_crops(cache, row) for row in rows[start:start + batch_size]]
+        inputs, mask = batch_inputs(model, faces)
+        features.append(model.features([x.to(device) for x in inputs]).float().cpu())
+        present.append(mask)
+    return {"features": torch.cat(features).numpy(), "present": torch.cat(present).numpy(),
+            "age": np.array([r["age"] for r in rows], np.float32),
+            "gender": np.array([UNKNOWN_GENDER if r["gender"] is None else r["gender"] for r in rows]),
+            "race": np.array([-1 if r.get("race") is None else r["race"] for r in rows]),
+            "id": np.array([r["id"] for r in rows])}
+
+
+def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict[str, Path], out: Path,
+                   device: torch.device = torch.device("cpu")) -> dict[str, np.ndarray]:
+    """The split's features, from ``out`` when already computed for these branches."""
+    path = out / f"features-{split}-{fingerprint(cache, checkpoints)}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return dict(data)
+    rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split]
+    if not rows:
+        raise ValueError(f"{cache}: the {split!r} split is empty")
+    data = extract(model, cache, rows, device=device, desc=f"{split} features")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **data)
+    tmp.replace(path)
+    return data

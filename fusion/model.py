@@ -1,0 +1,120 @@
+"""The fused model: frozen region branches, and a dense head over their outputs.
+
+Each branch gives, per face, its embedding, its age and its gender logit (``eyes`` averages
+its two views: the left eye and the mirrored right eye). The head reads them all, each
+branch's block multiplied by a presence flag that is also an input, so a face with a crop
+missing (a mouth hidden, say) is still scored from the rest.
+
+The head's age is a distribution over 0..max_age: its expectation is the estimate, and its
+quantiles (after a temperature fitted so that the stated interval holds as often as it says)
+give the age interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from branches import create_model
+from branches.checkpoint import load_checkpoint
+
+
+class FusionHead(nn.Module):
+    def __init__(self, in_features: int, max_age: int = 100, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True))
+        self.age = nn.Linear(hidden // 2, max_age + 1)
+        self.gender = nn.Linear(hidden // 2, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.body(features)
+        return self.age(hidden), self.gender(hidden).squeeze(1)
+
+
+def head_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(N, R, F) branch features and (N, R) presence -> (N, R*F + R), absent blocks zeroed."""
+    present = present.float()
+    return torch.cat([(features * present[:, :, None]).flatten(1), present], dim=1)
+
+
+class FusedModel(nn.Module):
+    def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = 100,
+                 interval: float = 0.8):
+        super().__init__()
+        self.regions = list(branches)
+        self.branches = nn.ModuleList(branches[r] for r in self.regions)
+        self.image_sizes = [image_sizes[r] for r in self.regions]
+        self.branch_features = branches[self.regions[0]].embed[1].out_features + 2
+        self.head = FusionHead(len(self.regions) * (self.branch_features + 1), max_age)
+        self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
+        self.register_buffer("temperature", torch.ones(()))
+        self.interval = interval
+
+    def features(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """``views[i]``: (N, V, 3, H, W) uint8 crops of branch i -> (N, R, F): embedding,
+        age / 100, gender logit, averaged over the views."""
+        blocks = []
+        for branch, images in zip(self.branches, views):
+            n, v = images.shape[:2]
+            out = branch(images.flatten(0, 1))
+            block = torch.cat([out["embedding"], out["age"][:, None] / 100.0, out["gender_logit"][:, None]], 1)
+            blocks.append(block.view(n, v, -1).mean(1))
+        return torch.stack(blocks, 1)
+
+    def predict(self, features: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits, gender_logit = self.head(head_input(features, present))
+        probabilities = (logits / self.temperature).softmax(1)
+        cdf = probabilities.cumsum(1)
+        tail = (1.0 - self.interval) / 2
+        return {"age": (logits.softmax(1) * self.ages).sum(1),
+                "age_low": (cdf < tail).sum(1).float(),
+                "age_high": (cdf < 1.0 - tail).sum(1).float(),
+                "gender_female": torch.sigmoid(gender_logit),
+                "branch_ages": features[:, :, -2] * 100.0}
+
+    def forward(self, views: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """One tensor out (for export): columns age, age_low, age_high, P(female), then each
+        branch's own age."""
+        out = self.predict(self.features(views), present)
+        return torch.cat([out["age"][:, None], out["age_low"][:, None], out["age_high"][:, None],
+                          out["gender_female"][:, None], out["branch_ages"]], 1)
+
+
+def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], dict[str, dict]]:
+    """Frozen branches from their checkpoints, keyed by region."""
+    branches, args = {}, {}
+    for region, path in paths.items():
+        state = load_checkpoint(path)
+        model_args = state["model_args"]
+        if model_args["region"] != region:
+            raise ValueError(f"{path} is a {model_args['region']} branch, given for {region}")
+        model = create_model(model_args["model"], model_args["age_head"], model_args["max_age"],
+                             model_args["embedding_dim"], pretrained=False)
+        model.load_state_dict(state["model"])
+        branches[region], args[region] = model.eval().requires_grad_(False), model_args
+    return branches, args
+
+
+def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) -> None:
+    state = {"branch_args": branch_args, "model": model.state_dict(), "interval": model.interval, **extra}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_fused(path: str | Path, device: str | torch.device = "cpu") -> tuple[FusedModel, dict]:
+    """The fused model from its one file (branches included), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no fused model here (train one with agefuse-train-fusion)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "branch_args" not in state:
+        raise ValueError(f"{path}: not an agefuse fused model")
+    branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"], pretrained=False)
+                for region, a in state["branch_args"].items()}
+    model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
+                       interval=state["interval"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state

@@ -1,0 +1,115 @@
+"""agefuse-predict: age, age interval and gender of every face in a photo.
+
+    agefuse-predict photo.jpg [more.jpg ...] --model runs/fused/fused.pt [--out predictions/]
+
+Prints one JSON object per photo (every face: box, age, interval, gender and its
+probability) and writes, per photo, ``OUT/<name>.json`` and an annotated copy
+``OUT/<name>.annotated.jpg``. A photo with no face says so; an unreadable one is named with
+the reason and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from regions.pipeline import decode, faces_in
+
+from .features import batch_inputs
+from .model import FusedModel, load_fused
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Age and gender of every face in photos.", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("photos", nargs="+", help="image files")
+    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+    parser.add_argument("--out", default="predictions", help="folder for the JSON and annotated copies")
+    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
+    parser.add_argument("--upsample", type=int, default=1,
+                        help="enlarge the photo this many times before detection (finds smaller faces)")
+    parser.add_argument("--whole-image-fallback", action="store_true",
+                        help="a photo with no detected face is taken as one already-cropped face")
+    parser.add_argument("--no-annotate", dest="annotate", action="store_false")
+    return parser
+
+
+@torch.inference_mode()
+def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 1,
+                  fallback: bool = False) -> list[dict]:
+    """Every face of a BGR image with its estimates."""
+    faces = faces_in(image, detector, upsample, fallback=fallback)
+    if not faces:
+        return []
+    inputs, present = batch_inputs(model, [f["crops"] for f in faces])
+    out = model.predict(model.features(inputs), present)
+    results = []
+    for i, face in enumerate(faces):
+        female = float(out["gender_female"][i])
+        results.append({
+            "box": list(face["box"]), "detector_score": face["score"],
+            "age": round(float(out["age"][i]), 1),
+            "age_interval": [float(out["age_low"][i]), float(out["age_high"][i])],
+            "interval_coverage": model.interval,
+            "gender": "female" if female >= 0.5 else "male",
+            "gender_probability": round(max(female, 1 - female), 3)})
+    return results
+
+
+def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    canvas = image.copy()
+    scale = max(0.4, min(image.shape[:2]) / 600)
+    for face in faces:
+        left, top, right, bottom = face["box"]
+        color = (60, 60, 230) if face["gender"] == "female" else (230, 130, 40)
+        cv2.rectangle(canvas, (left, top), (right, bottom), color, max(1, int(2 * scale)))
+        label = f"{face['age']:.0f} ({face['age_interval'][0]:.0f}-{face['age_interval'][1]:.0f}) " \
+                f"{face['gender'][0].upper()} {100 * face['gender_probability']:.0f}%"
+        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+        y = max(top, h + 4)
+        cv2.rectangle(canvas, (left, y - h - 4), (left + w + 4, y), color, -1)
+        cv2.putText(canvas, label, (left + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return canvas
+
+
+def main(args: argparse.Namespace) -> int:
+    model, _ = load_fused(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for photo in args.photos:
+        try:
+            image = decode(Path(photo).read_bytes(), photo)
+        except (OSError, ValueError) as err:
+            print(f"{photo}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+            failures += 1
+            continue
+        start = time.perf_counter()
+        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback)
+        record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
+        if not faces:
+            record["message"] = "no face found"
+        stem = Path(photo).name
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        if args.annotate:
+            cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
+        print(json.dumps(record))
+    return 1 if failures == len(args.photos) else 0
+
+
+def run() -> int:
+    try:
+        return main(get_args_parser().parse_args())
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

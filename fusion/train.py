@@ -1,0 +1,171 @@
+"""agefuse-train-fusion: the dense fusion head over frozen branches.
+
+    agefuse-train-fusion --cache runs/utk --runs runs --branches face,eyes,mouth --out runs/fused
+
+Loads ``RUNS/<region>/best.pt`` for each region named (or ``region=path`` items), computes
+every branch's outputs for the train and validation splits once (cached in ``--out``),
+trains the head on the training split with whole branches dropped at random (so a face
+with a missing crop is still scored), picks the epoch by validation loss, fits the interval
+temperature on the validation split and reports how often the stated interval holds there.
+
+Writes ``OUT/fused.pt``: branches and head in one file, all ``agefuse-evaluate`` and
+``agefuse-predict`` need.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from branches.checkpoint import CheckpointError
+from branches.model import branch_loss
+
+from .features import split_features
+from .metrics import interval_coverage
+from .model import FusedModel, head_input, load_branches, save_fused
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the dense fusion head over frozen branches.",
+                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cache", required=True, help="the regions cache the branches trained on")
+    parser.add_argument("--branches", default="face,eyes,mouth,original",
+                        help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
+    parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
+    parser.add_argument("--out", required=True, help="folder for fused.pt and the cached features")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--branch-dropout", type=float, default=0.15,
+                        help="chance a branch is hidden from the head for a training face")
+    parser.add_argument("--interval", type=float, default=0.8, help="coverage of the stated age interval")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def branch_paths(spec: str, runs: str) -> dict[str, Path]:
+    paths = {}
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        region, _, path = item.partition("=")
+        paths[region] = Path(path) if path else Path(runs) / region / "best.pt"
+        if not paths[region].is_file():
+            raise FileNotFoundError(f"{paths[region]}: no trained {region} branch (train it with "
+                                    f"agefuse-train-branch --region {region}, or name its checkpoint "
+                                    f"as {region}=PATH)")
+    if not paths:
+        raise ValueError("--branches names no region")
+    return paths
+
+
+def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(data[k]).to(device) for k in ("features", "present", "age", "gender"))
+
+
+def head_loss(model: FusedModel, features, present, age, gender) -> torch.Tensor:
+    logits, gender_logit = model.head(head_input(features, present))
+    out = {"age_logits": logits, "age": (logits.softmax(1) * model.ages).sum(1), "gender_logit": gender_logit}
+    return branch_loss(out, age, gender)[0]
+
+
+def fit_temperature(model: FusedModel, features, present, age) -> float:
+    """The softmax temperature whose interval covers the true age as often as it says."""
+    best, best_gap = 1.0, float("inf")
+    for temperature in np.arange(0.5, 4.01, 0.05):
+        model.temperature.fill_(float(temperature))
+        with torch.no_grad():
+            out = model.predict(features, present)
+        gap = abs(interval_coverage(age.cpu().numpy(), out["age_low"].cpu().numpy(),
+                                    out["age_high"].cpu().numpy()) - model.interval)
+        if gap < best_gap - 1e-9:
+            best, best_gap = float(temperature), gap
+    model.temperature.fill_(best)
+    return best
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache)
+
+    # branches, and their outputs on the two splits
+    paths = branch_paths(args.branches, args.runs)
+    branches, branch_args = load_branches(paths)
+    torch.manual_seed(args.seed)
+    model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
+                       interval=args.interval).to(device)
+    model.eval()
+    train = split_features(model, cache, "train", paths, out, device)
+    val = split_features(model, cache, "val", paths, out, device)
+    # a tenth of the training faces is kept from the head to fit the interval's temperature,
+    # so that validation can check the interval honestly
+    order = np.random.default_rng(args.seed).permutation(len(train["age"]))
+    calibration = {k: v[order[: len(order) // 10]] for k, v in train.items()}
+    train = {k: v[order[len(order) // 10:]] for k, v in train.items()}
+    features, present, age, gender = tensors(train, device)
+    val_tensors = tensors(val, device)
+    print(f"fusing {', '.join(model.regions)}: {len(age)} training faces for the head, "
+          f"{len(calibration['age'])} for the interval, {len(val['age'])} validation faces")
+
+    # the head
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
+    generator = torch.Generator().manual_seed(args.seed)
+    best_loss, best_state, best_epoch = float("inf"), None, -1
+    batch_size = max(8, min(args.batch_size, len(age) // 8))  # a small data set still gets steps
+    for epoch in range(args.epochs):
+        model.head.train()
+        order = torch.randperm(len(age), generator=generator)
+        for start in range(0, len(age), batch_size):
+            index = order[start:start + batch_size].to(device)
+            keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
+            loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        model.head.eval()
+        with torch.no_grad():
+            val_loss = head_loss(model, *val_tensors).item()
+            val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.clone() for k, v in model.head.state_dict().items()}
+        print(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss:.4f} mae {val_mae:.2f}"
+              f"{'  *best' if epoch == best_epoch else ''}")
+    model.head.load_state_dict(best_state)
+
+    # the interval, fitted on the held-out training faces, checked on validation
+    temperature = fit_temperature(model, *tensors(calibration, device)[:3])
+    with torch.no_grad():
+        result = model.predict(*val_tensors[:2])
+    coverage = interval_coverage(val["age"], result["age_low"].cpu().numpy(), result["age_high"].cpu().numpy())
+    mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
+    branch_mae = {r: float(np.abs(val["features"][:, i, -2] * 100 - val["age"]).mean())
+                  for i, r in enumerate(model.regions)}
+    summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae,
+               "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
+               "branches": {r: str(p) for r, p in paths.items()}}
+    save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})
+    (out / "fusion.json").write_text(json.dumps(summary, indent=1))
+    print(f"fused val MAE {mae:.2f} (branches alone: " + ", ".join(f"{r} {m:.2f}" for r, m in branch_mae.items())
+          + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of validation faces"
+          f" (temperature {temperature:.2f}) -> {out / 'fused.pt'}")
+    return 0
+
+
+def run() -> int:
+    try:
+        return main(get_args_parser().parse_args())
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,120 @@
+"""Fusion, evaluation, prediction and export with models trained on the bundled sample."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from fusion import evaluate, export, metrics, predict
+from fusion.features import batch_inputs, read_crops
+from fusion.model import load_fused
+from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 90, 300).astype(float)
+    predicted = true + rng.normal(0, 7, 300)
+    report = metrics.age_report(true, predicted, race=rng.integers(0, 5, 300))
+    assert report["mae"] == pytest.approx(sk.mean_absolute_error(true, predicted))
+    assert report["mse"] == pytest.approx(sk.mean_squared_error(true, predicted))
+    assert report["r2"] == pytest.approx(sk.r2_score(true, predicted))
+    assert report["cs5"] == pytest.approx(np.mean(np.abs(predicted - true) <= 5))
+    minors_true, minors_pred = true < 18, predicted < 18
+    assert report["minors"]["precision"] == pytest.approx(sk.precision_score(minors_true, minors_pred))
+    assert report["minors"]["recall"] == pytest.approx(sk.recall_score(minors_true, minors_pred))
+    assert report["adults"]["recall"] == pytest.approx(sk.recall_score(~minors_true, ~minors_pred))
+    gender = rng.integers(0, 2, 300)
+    gender[:7] = -1  # unknown: left out
+    p_female = np.clip(gender * 0.6 + rng.uniform(0, 0.5, 300), 0, 1)
+    g = metrics.gender_report(gender, p_female)
+    known = gender >= 0
+    guess = (p_female[known] >= 0.5).astype(int)
+    assert g["n"] == 293
+    assert g["accuracy"] == pytest.approx(sk.accuracy_score(gender[known], guess))
+    assert g["precision"] == pytest.approx(sk.precision_score(gender[known], guess))
+    assert g["recall"] == pytest.approx(sk.recall_score(gender[known], guess))
+    assert g["f1"] == pytest.approx(sk.f1_score(gender[known], guess))
+    assert g["confusion"] == sk.confusion_matrix(gender[known], guess).tolist()
+
+
+def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(sample_fused, sample_cache):
+    rows = manifest_rows(sample_cache)
+    train_mean = np.mean([r["age"] for r in rows if r["split"] == "train"])
+    val = [r for r in rows if r["split"] == "val"]
+    constant_mae = np.mean([abs(r["age"] - train_mean) for r in val])
+    model, state = load_fused(sample_fused)
+    result, _, _ = evaluate.evaluate_rows(model, sample_cache, val)
+    assert result["fused"]["n"] == len(val)
+    assert result["fused"]["mae"] < constant_mae, (result["fused"]["mae"], constant_mae)
+    assert 0 < state["summary"]["val_interval_coverage"] <= 1
+
+
+def test_a_missing_region_crop_is_scored_from_the_others(sample_fused, sample_cache):
+    model, _ = load_fused(sample_fused)
+    row = manifest_rows(sample_cache)[0]
+    crops = read_crops(sample_cache, row)
+    hidden = {**crops, "mouth": None}
+    inputs, present = batch_inputs(model, [crops, hidden])
+    assert present[0].all() and not present[1, model.regions.index("mouth")]
+    out = model.predict(model.features(inputs), present)
+    assert torch.isfinite(out["age"]).all() and out["age"][0] != out["age"][1]
+
+
+def test_evaluating_a_raw_folder_reports_the_image_without_a_face(sample_fused, tmp_path, capsys):
+    folder = link_images(tmp_path / "photos", sample_files(6))
+    cv2.imwrite(str(folder / "30_1_0_20990101000000000.jpg.chip.jpg"), np.full((200, 200, 3), 127, np.uint8))
+    args = evaluate.get_args_parser().parse_args(["--model", str(sample_fused), "--images", str(folder),
+                                                  "--out", str(tmp_path / "eval"), "--no-fallback", "--workers", "1"])
+    assert evaluate.main(args) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["images"]["no face found"] == 1 and report["images"]["evaluated"] == 6
+    assert report["images"]["no_face_files"][0].endswith("30_1_0_20990101000000000.jpg.chip.jpg")
+    assert "no face found:" in capsys.readouterr().out
+    assert {"fused", "face", "eyes", "mouth", "original"} == set(report["results"])
+    for png in ("predicted_vs_true.png", "error_by_age.png", "gender_confusion.png"):
+        assert (tmp_path / "eval" / png).is_file()
+
+
+def test_predict_finds_both_faces_of_a_two_face_photo(sample_fused, tmp_path):
+    left, right = (cv2.imread(str(p)) for p in sample_files(2, offset=100))
+    photo = np.full((300, 560, 3), 255, np.uint8)
+    photo[50:250, 20:220], photo[50:250, 340:540] = left, right
+    cv2.imwrite(str(tmp_path / "two.jpg"), photo)
+    cv2.imwrite(str(tmp_path / "none.jpg"), np.full((200, 300, 3), 90, np.uint8))
+    args = predict.get_args_parser().parse_args([str(tmp_path / "two.jpg"), str(tmp_path / "none.jpg"),
+                                                 "--model", str(sample_fused), "--out", str(tmp_path / "out")])
+    assert predict.main(args) == 0
+    record = json.loads((tmp_path / "out" / "two.jpg.json").read_text())
+    boxes = sorted(face["box"] for face in record["faces"])
+    assert len(boxes) == 2
+    for (l, t, r, b), x0 in zip(boxes, (20, 340)):
+        inter = max(0, min(r, x0 + 200) - max(l, x0)) * max(0, min(b, 250) - max(t, 50))
+        assert inter / ((r - l) * (b - t)) > 0.8, "each box lies on its pasted face"
+    for face in record["faces"]:
+        assert face["age_interval"][0] <= face["age"] <= face["age_interval"][1]
+        assert face["gender"] in ("male", "female") and 0.5 <= face["gender_probability"] <= 1
+    assert (tmp_path / "out" / "two.jpg.annotated.jpg").is_file()
+    assert json.loads((tmp_path / "out" / "none.jpg.json").read_text())["message"] == "no face found"
+
+
+def test_export_round_trips_without_the_training_code(sample_fused, tmp_path):
+    model, _ = load_fused(sample_fused)
+    path = export.export(model, tmp_path / "fused.pt2")
+    views, present = export.example_inputs(model, count=4, seed=5)
+    torch.save({"views": views, "present": present}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(views, present)
+    script = (
+        "import sys, torch\n"
+        f"program = torch.export.load({str(path)!r}).module()\n"
+        f"data = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        "out = program(data['views'], data['present'])\n"
+        "assert not any(m.split('.')[0] in ('fusion', 'branches', 'regions') for m in sys.modules)\n"
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    assert (torch.load(tmp_path / "out.pt") - expected).abs().max() <= 1e-4
