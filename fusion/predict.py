@@ -32,8 +32,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
     parser.add_argument("--out", default="predictions", help="folder for the JSON and annotated copies")
     parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
-    parser.add_argument("--upsample", type=int, default=1,
-                        help="enlarge the photo this many times before detection (finds smaller faces)")
+    parser.add_argument("--upsample", type=int, default=0,
+                        help="enlarge the photo this many times before detection: 1 finds faces down "
+                             "to about 40 px instead of 80, at about twice the detection time")
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false")
@@ -41,7 +42,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 @torch.inference_mode()
-def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 1,
+def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 0,
                   fallback: bool = False) -> list[dict]:
     """Every face of a BGR image with its estimates."""
     faces = faces_in(image, detector, upsample, fallback=fallback)

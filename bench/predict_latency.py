@@ -1,0 +1,73 @@
+"""agefuse-predict latency per face on this CPU: detection + landmarks + crops + every branch
++ fusion, for a photo with one face and a photo with four.
+
+    python bench/predict_latency.py --model runs/fused/fused.pt [--upsample 0] [--repeats 30]
+
+The photos are built from UTKFace faces (200-px chips on a plain background; one face in a
+320x320 photo, four in a 2x2 grid of 480x480). Warm-up calls come first (model loading is
+not latency). Prints milliseconds per photo and per face, split into the face pipeline
+(detection, landmarks, crops) and the networks (branches + head).
+"""
+import argparse
+import glob
+import os
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from fusion.features import batch_inputs
+from fusion.model import load_fused
+from regions.pipeline import faces_in
+
+
+def photo(faces: list[np.ndarray], grid: int) -> np.ndarray:
+    side = 40 + grid * 220
+    canvas = np.full((side, side, 3), 235, np.uint8)
+    for i, face in enumerate(faces):
+        y, x = 20 + (i // grid) * 220, 20 + (i % grid) * 220
+        canvas[y:y + 200, x:x + 200] = face
+    return canvas
+
+
+def timed(model, image, upsample, repeats):
+    pipeline, network, found = [], [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        faces = faces_in(image, "hog", upsample)
+        middle = time.perf_counter()
+        with torch.inference_mode():
+            inputs, present = batch_inputs(model, [f["crops"] for f in faces])
+            model.predict(model.features(inputs), present)
+        network.append(time.perf_counter() - middle)
+        pipeline.append(middle - start)
+        found = len(faces)
+    return found, 1000 * np.median(pipeline), 1000 * np.median(network)
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    model, state = load_fused(args.model)
+    files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
+    faces = [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), 4, replace=False)]
+    photos = {"1-face photo (320x320)": (photo(faces[:1], 1), 1), "4-face photo (480x480)": (photo(faces, 2), 4)}
+    print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
+          f"{torch.get_num_threads()} torch threads, HOG upsample {args.upsample}, median of {args.repeats}")
+    for name, (image, expected) in photos.items():
+        timed(model, image, args.upsample, 3)  # warm-up: lazy model loads, allocator
+        found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats)
+        total = pipeline_ms + network_ms
+        print(f"{name}: {found} of {expected} faces found; {total:.1f} ms per photo = "
+              f"{pipeline_ms:.1f} detection+landmarks+crops + {network_ms:.1f} branches+fusion; "
+              f"{total / max(found, 1):.1f} ms per face")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    parser.add_argument("--upsample", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    main(parser.parse_args())
