@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from regions.command import run_command
+
 from . import augment
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 
@@ -57,10 +59,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (CacheError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main, (CacheError,))
 
 
 if __name__ == "__main__":

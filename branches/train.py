@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
 from bootstrap import RebalancedBootstrapSampler, StopRule
+from regions.command import run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
@@ -289,10 +290,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (CacheError, CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main, (CacheError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from regions import manifest
+from regions.command import run_command
 
 from .features import extract
 from .metrics import age_report, gender_report, interval_coverage
@@ -170,10 +171,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main)
 
 
 if __name__ == "__main__":

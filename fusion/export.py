@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from branches.data import BRANCH_REGIONS
+from regions.command import run_command
 
 from .model import FusedModel, load_fused
 
@@ -75,10 +76,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 
 from branches.checkpoint import CheckpointError
 from branches.model import branch_loss
+from regions.command import run_command
 
 from .features import split_features
 from .metrics import interval_coverage
@@ -161,10 +162,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main, (CheckpointError,))
 
 
 if __name__ == "__main__":

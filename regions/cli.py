@@ -10,6 +10,7 @@ for the regions original, face (aligned), left_eye, right_eye and mouth, plus
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import multiprocessing
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import crop, labels, manifest
+from .command import run_command
+from .landmarks import DETECTORS
 from .pipeline import Settings, is_complete, process_image, remove_stale_temporaries
 
 
@@ -32,7 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--cache", required=True, help="output folder of crops and manifest")
     parser.add_argument("--labels", default=None,
                         help="CSV with columns path,age[,gender] instead of UTKFace names")
-    parser.add_argument("--detector", choices=landmarks_detectors(), default="hog",
+    parser.add_argument("--detector", choices=DETECTORS, default="hog",
                         help="dlib HOG (fast) or dlib's MMOD CNN (robust to pose and light)")
     parser.add_argument("--upsample", type=int, default=0,
                         help="times to enlarge the image before detection (finds smaller faces)")
@@ -59,11 +62,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--retry-rejected", action="store_true",
                         help="try again the images an earlier run rejected")
     return parser
-
-
-def landmarks_detectors() -> tuple[str, ...]:
-    from .landmarks import DETECTORS
-    return DETECTORS
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -111,8 +109,10 @@ def main(args: argparse.Namespace) -> int:
     items, problems = labels.collect(args.source, args.labels)
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
-    with (cache / manifest.LABEL_PROBLEMS).open("w") as handle:
-        handle.write("path,reason\n" + "".join(f'"{p.path}","{p.reason}"\n' for p in problems))
+    with (cache / manifest.LABEL_PROBLEMS).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows([p.path, p.reason] for p in problems)
     if not items:
         raise SystemExit(f"error: no labelled images under {args.source}")
     groups = manifest.parse_age_groups(settings.age_groups)
@@ -223,11 +223,7 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 def run() -> int:
-    args = get_args_parser().parse_args()
-    try:
-        return main(args)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main)
 
 
 if __name__ == "__main__":

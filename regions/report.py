@@ -19,6 +19,7 @@ import numpy as np
 
 from . import manifest
 from .labels import GENDERS, RACES
+from .command import run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -186,10 +187,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    try:
-        return main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+    return run_command(get_args_parser, main)
 
 
 if __name__ == "__main__":
