@@ -8,7 +8,8 @@ small_cnn with the regression head, efficientnet_lite0 (packaged ImageNet weight
 distribution head. The lowest validation MAE picks the head and backbone.
 Phase 2: face, eyes, mouth, original with that choice, alpha 0 and --alpha, --minutes each.
 Each run's rounds are sized from a measured training speed so the cosine schedule ends
-inside the budget; --time-limit is a safety net. Everything is on your validation split.
+inside the budget (the same count for runs compared side by side); a --time-limit of twice
+the budget is a safety net. Everything is on your validation split.
 """
 import argparse
 import json
@@ -39,15 +40,19 @@ def images_per_second(model_name: str, size: int) -> float:
     return 4 * 64 / (time.perf_counter() - start)
 
 
+SPEEDS: dict[str, float] = {}
+
+
 def train_run(args, name, region, model, head, alpha, minutes):
     out = Path(args.out) / name
-    speed = images_per_second(model, args.image_size)
+    # measured once per model, so runs that are compared get the same number of rounds
+    speed = SPEEDS.setdefault(model, images_per_second(model, args.image_size))
     # ~75% of the budget is training steps; the rest is loading, validation and checkpoints
     rounds = max(2, int(minutes * 60 * speed * 0.75 / (ROUND_SIZE * (2 if region == "eyes" else 1))))
     command = [sys.executable, "-m", "branches.train", "--cache", args.cache, "--region", region,
                "--out", str(out), "--model", model, "--age-head", head, "--alpha", str(alpha),
                "--image-size", str(args.image_size), "--round-size", str(ROUND_SIZE), "--max-rounds", str(rounds),
-               "--k", "3", "--epsilon", "0.005", "--time-limit", str(minutes), "--seed", str(args.seed),
+               "--k", "3", "--epsilon", "0.005", "--time-limit", str(2 * minutes), "--seed", str(args.seed),
                "--workers", "1", "--batch-size", "64", "--lr", "2e-3" if model == "small_cnn" else "1e-3"]
     start = time.perf_counter()
     with open(Path(args.out) / f"{name}.log", "w") as log:
@@ -74,6 +79,9 @@ def show(rows):
 def main(args):
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"cache {args.cache}, seed {args.seed}, image size {args.image_size}, round size {ROUND_SIZE}")
+    for name in {args.model} if not args.pick_minutes else {"small_cnn", "efficientnet_lite0"}:
+        SPEEDS[name] = images_per_second(name, args.image_size)
+        print(f"{name}: {SPEEDS[name]:.0f} training images/s measured; rounds are planned from it")
     rows = []
     if args.pick_minutes:
         print(f"\nphase 1: face branch, alpha {args.alpha}, {args.pick_minutes} min each")
