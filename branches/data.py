@@ -99,6 +99,3 @@ class RegionDataset(Dataset):
             image = self.transform(image=np.ascontiguousarray(image))["image"]
         age, gender, group = self.targets[index].tolist()
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), float(age), gender, group
-
-    def row_of(self, index: int) -> dict:
-        return self.rows[self.samples[index][2]]

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import create_model
-from branches.checkpoint import load_checkpoint
+from branches import create_model, load_branch
 
 
 class FusionHead(nn.Module):
@@ -86,14 +85,10 @@ def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], d
     """Frozen branches from their checkpoints, keyed by region."""
     branches, args = {}, {}
     for region, path in paths.items():
-        state = load_checkpoint(path)
-        model_args = state["model_args"]
+        model, model_args = load_branch(path)
         if model_args["region"] != region:
             raise ValueError(f"{path} is a {model_args['region']} branch, given for {region}")
-        model = create_model(model_args["model"], model_args["age_head"], model_args["max_age"],
-                             model_args["embedding_dim"], pretrained=False)
-        model.load_state_dict(state["model"])
-        branches[region], args[region] = model.eval().requires_grad_(False), model_args
+        branches[region], args[region] = model.requires_grad_(False), model_args
     return branches, args
 
 
