@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     failures = 0
     for photo in args.photos:
         try:
-            image = decode(Path(photo).read_bytes(), photo)
+            image = decode(Path(photo).read_bytes())
         except (OSError, ValueError) as err:
             print(f"{photo}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
             failures += 1

@@ -46,7 +46,7 @@ def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
     return f"{group}/{region}/{image_id}.{ext}"
 
 
-def decode(data: bytes, path: str) -> np.ndarray:
+def decode(data: bytes) -> np.ndarray:
     """BGR pixels of an encoded image; ``ValueError`` names what is wrong."""
     if not data:
         raise ValueError("empty file")
@@ -74,7 +74,7 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
     try:
         with open(item.path, "rb") as handle:
             data = handle.read()
-        image = decode(data, item.path)
+        image = decode(data)
     except (OSError, ValueError) as err:
         return {**row, "reason": str(err) if isinstance(err, ValueError)
                 else f"cannot read: {err.strerror or err}"}
