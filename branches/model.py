@@ -32,10 +32,13 @@ class BranchModel(nn.Module):
                                    nn.ReLU(inplace=True))
         self.age = nn.Linear(embedding_dim, max_age + 1 if age_head == "dist" else 1)
         self.gender = nn.Linear(embedding_dim, 1)
+        # channels-last sends every conv to oneDNN on the CPU: at batch 1 the default layout
+        # falls back to a slow generic conv for most layers (dlib_age_resnet: 10 ms -> 5 ms)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``images``: (N, 3, H, W) RGB, 0..255 (uint8 or float)."""
-        x = (images.float() - self.mean) / self.std
+        x = ((images.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         embedding = self.embed(self.backbone(x))
         out = {"embedding": embedding, "gender_logit": self.gender(embedding).squeeze(1)}
         if self.age_head == "dist":
