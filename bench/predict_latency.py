@@ -19,6 +19,7 @@ import torch
 
 from fusion.features import batch_inputs
 from fusion.model import load_fused
+from fusion.predict import branch_pool
 from regions.pipeline import faces_in
 
 
@@ -31,7 +32,7 @@ def photo(faces: list[np.ndarray], grid: int) -> np.ndarray:
     return canvas
 
 
-def timed(model, image, upsample, repeats):
+def timed(model, image, upsample, repeats, pool):
     pipeline, network, found = [], [], 0
     for _ in range(repeats):
         start = time.perf_counter()
@@ -39,7 +40,7 @@ def timed(model, image, upsample, repeats):
         middle = time.perf_counter()
         with torch.inference_mode():
             inputs, present = batch_inputs(model, [f["crops"] for f in faces])
-            model.predict(model.features(inputs), present)
+            model.predict(model.features(inputs, pool), present)
         network.append(time.perf_counter() - middle)
         pipeline.append(middle - start)
         found = len(faces)
@@ -47,16 +48,19 @@ def timed(model, image, upsample, repeats):
 
 
 def main(args):
-    torch.set_num_threads(args.threads)
     model, state = load_fused(args.model)
+    pool = branch_pool(model, args.threads) if args.side_by_side else None
+    if not args.side_by_side:
+        torch.set_num_threads(args.threads)
     files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
     faces = [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), 4, replace=False)]
     photos = {"1-face photo (320x320)": (photo(faces[:1], 1), 1), "4-face photo (480x480)": (photo(faces, 2), 4)}
     print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
-          f"{torch.get_num_threads()} torch threads, HOG upsample {args.upsample}, median of {args.repeats}")
+          f"{torch.get_num_threads()} torch threads, branches "
+          f"{'side by side on ' + str(pool._max_workers) + ' threads' if pool else 'one after another'}, HOG upsample {args.upsample}, median of {args.repeats}")
     for name, (image, expected) in photos.items():
-        timed(model, image, args.upsample, 3)  # warm-up: lazy model loads, allocator
-        found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats)
+        timed(model, image, args.upsample, 3, pool)  # warm-up: lazy model loads, allocator
+        found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats, pool)
         total = pipeline_ms + network_ms
         print(f"{name}: {found} of {expected} faces found; {total:.1f} ms per photo = "
               f"{pipeline_ms:.1f} detection+landmarks+crops + {network_ms:.1f} branches+fusion; "
@@ -70,4 +74,6 @@ if __name__ == "__main__":
     parser.add_argument("--upsample", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one-after-another", dest="side_by_side", action="store_false",
+                        help="run the branches in turn, each on all threads (the old way)")
     main(parser.parse_args())

@@ -11,6 +11,7 @@ give the age interval.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -51,15 +52,28 @@ class FusedModel(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
         self.interval = interval
 
-    def features(self, views: list[torch.Tensor]) -> torch.Tensor:
+    def features(self, views: list[torch.Tensor], pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
         """``views[i]``: (N, V, 3, H, W) uint8 crops of branch i -> (N, R, F): embedding,
-        age / 100, gender logit, averaged over the views."""
-        blocks = []
-        for branch, images in zip(self.branches, views):
+        age / 100, gender logit, averaged over the views.
+
+        With a thread ``pool`` the branches run side by side. For a photo's few faces that
+        is the faster way to use several cores: a batch-1 conv gains almost nothing from a
+        second intra-op thread, two branches at once nearly halve the time."""
+        def block(branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
             n, v = images.shape[:2]
             out = branch(images.flatten(0, 1))
-            block = torch.cat([out["embedding"], out["age"][:, None] / 100.0, out["gender_logit"][:, None]], 1)
-            blocks.append(block.view(n, v, -1).mean(1))
+            both = torch.cat([out["embedding"], out["age"][:, None] / 100.0, out["gender_logit"][:, None]], 1)
+            return both.view(n, v, -1).mean(1)
+
+        if pool is None:
+            blocks = [block(branch, images) for branch, images in zip(self.branches, views)]
+        else:
+            inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+            def in_caller_mode(branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
+                    return block(branch, images)
+            blocks = list(pool.map(in_caller_mode, self.branches, views))
         return torch.stack(blocks, 1)
 
     def predict(self, features: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -99,9 +113,27 @@ def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) ->
     tmp.replace(path)
 
 
-def load_fused(path: str | Path, device: str | torch.device = "cpu") -> tuple[FusedModel, dict]:
-    """The fused model from its one file (branches included), in eval mode."""
-    path = Path(path)
+DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
+
+
+def save_half(source: str | Path, target: str | Path) -> Path:
+    """A copy of a fused model with its weights in half precision (half the bytes; the
+    small buffers, such as the input normalisation, stay exact). ``load_fused`` reads it
+    back into float32."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["model"] = {k: v.half() if v.is_floating_point() and v.numel() > 512 else v
+                      for k, v in state["model"].items()}
+    state["precision"] = "float16"
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, target)
+    return target
+
+
+def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FusedModel, dict]:
+    """The fused model from its one file (branches included), in eval mode; without a path,
+    the default model installed with agefuse."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no fused model here (train one with agefuse-train-fusion)")
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -112,4 +144,4 @@ def load_fused(path: str | Path, device: str | torch.device = "cpu") -> tuple[Fu
     model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
                        interval=state["interval"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return model.requires_grad_(False).to(device).eval(), state

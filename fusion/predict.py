@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,7 +32,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Age and gender of every face in photos.", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("photos", nargs="+", help="image files")
-    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+    parser.add_argument("--model", default=None,
+                        help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed "
+                             "with agefuse; see the README for its figures and licence)")
     parser.add_argument("--out", default="predictions", help="folder for the JSON and annotated copies")
     parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
     parser.add_argument("--upsample", type=int, default=0,
@@ -39,18 +43,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU cores to use: the branches run side by side, one core each")
     return parser
+
+
+def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
+    """A pool that runs the branches side by side (see FusedModel.features), with torch's
+    own threads shared out among them; None for one core."""
+    workers = min(threads, len(model.regions))
+    torch.set_num_threads(max(1, threads // max(workers, 1)))
+    return ThreadPoolExecutor(workers, thread_name_prefix="branch") if workers > 1 else None
 
 
 @torch.inference_mode()
 def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 0,
-                  fallback: bool = False) -> list[dict]:
-    """Every face of a BGR image with its estimates."""
+                  fallback: bool = False, pool: ThreadPoolExecutor | None = None) -> list[dict]:
+    """Every face of a BGR image with its estimates (``pool``: see ``branch_pool``)."""
     faces = faces_in(image, detector, upsample, fallback=fallback)
     if not faces:
         return []
     inputs, present = batch_inputs(model, [f["crops"] for f in faces])
-    out = model.predict(model.features(inputs), present)
+    out = model.predict(model.features(inputs, pool), present)
     results = []
     for i, face in enumerate(faces):
         female = float(out["gender_female"][i])
@@ -64,25 +78,32 @@ def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", u
     return results
 
 
+def draw_labelled_box(image: np.ndarray, box, label: str, female: bool) -> None:
+    """A face's box and its label on a filled strip at its top (in place); red for female,
+    blue for male. Hershey fonts are ASCII: no ± sign in ``label``."""
+    scale = max(0.4, min(image.shape[:2]) / 600)
+    left, top, right, bottom = map(int, box)
+    color = (60, 60, 230) if female else (230, 130, 40)
+    cv2.rectangle(image, (left, top), (right, bottom), color, max(1, int(2 * scale)))
+    (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+    y = max(top, h + 4)
+    cv2.rectangle(image, (left, y - h - 4), (left + w + 4, y), color, -1)
+    cv2.putText(image, label, (left + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+
+
 def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     canvas = image.copy()
-    scale = max(0.4, min(image.shape[:2]) / 600)
     for face in faces:
-        left, top, right, bottom = face["box"]
-        color = (60, 60, 230) if face["gender"] == "female" else (230, 130, 40)
-        cv2.rectangle(canvas, (left, top), (right, bottom), color, max(1, int(2 * scale)))
         label = f"{face['age']:.0f} ({face['age_interval'][0]:.0f}-{face['age_interval'][1]:.0f}) " \
                 f"{face['gender'][0].upper()} {100 * face['gender_probability']:.0f}%"
-        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-        y = max(top, h + 4)
-        cv2.rectangle(canvas, (left, y - h - 4), (left + w + 4, y), color, -1)
-        cv2.putText(canvas, label, (left + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        draw_labelled_box(canvas, face["box"], label, face["gender"] == "female")
     return canvas
 
 
 def main(args: argparse.Namespace) -> int:
     model, _ = load_fused(args.model)
+    pool = branch_pool(model, args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -94,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
             failures += 1
             continue
         start = time.perf_counter()
-        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback)
+        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback, pool)
         record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
         if not faces:
             record["message"] = "no face found"
