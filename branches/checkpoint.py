@@ -13,7 +13,7 @@ import torch
 
 from .model import BranchModel, create_model
 
-MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size")
+MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout")
 
 
 class CheckpointError(ValueError):

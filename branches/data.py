@@ -34,8 +34,9 @@ class CacheError(ValueError):
     """The cache cannot serve this region or split; the message says why."""
 
 
-def cache_rows(cache: str | Path, region: str, split: str) -> list[dict]:
-    """Manifest rows of ``split`` that have every crop ``region`` needs, checked on disk."""
+def cache_rows(cache: str | Path, region: str, split: str, fusion_holdout: float = 0.0) -> list[dict]:
+    """Manifest rows of ``split`` that have every crop ``region`` needs, checked on disk;
+    for ``train``, without the ``fusion_holdout`` share kept for the fusion head."""
     if region not in BRANCH_REGIONS:
         raise CacheError(f"unknown region {region!r}; choose one of {sorted(BRANCH_REGIONS)}")
     cache = Path(cache)
@@ -45,7 +46,8 @@ def cache_rows(cache: str | Path, region: str, split: str) -> list[dict]:
     if lacking:
         raise CacheError(f"{cache}: the cache has no {lacking[0]} crops (region {region!r}); "
                          f"rebuild it with agefuse-regions")
-    chosen = [r for r in rows if r["split"] == split]
+    chosen = [r for r in rows if r["split"] == split
+              and not (split == "train" and manifest.in_fusion_holdout(r["id"], fusion_holdout))]
     if not chosen:
         raise CacheError(f"{cache}: the {split!r} split is empty "
                          f"(splits here: {sorted({r['split'] for r in rows})})")
@@ -65,9 +67,9 @@ class RegionDataset(Dataset):
     """
 
     def __init__(self, cache: str | Path, region: str, split: str, image_size: int,
-                 transform=None):
+                 transform=None, fusion_holdout: float = 0.0):
         self.cache, self.image_size, self.transform = Path(cache), image_size, transform
-        self.rows = cache_rows(cache, region, split)
+        self.rows = cache_rows(cache, region, split, fusion_holdout)
         self.samples = [(str(self.cache / row["crops"][name]), mirror, index)
                         for index, row in enumerate(self.rows)
                         for name, mirror in BRANCH_REGIONS[region]]

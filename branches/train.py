@@ -54,6 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="start from scratch even where packaged ImageNet weights exist")
     parser.add_argument("--weights", default=None, help="local weights file for the backbone")
     parser.add_argument("--image-size", type=int, default=64, help="input side in pixels")
+    parser.add_argument("--fusion-holdout", type=float, default=0.0,
+                        help="share of the training split kept from this branch for the fusion head "
+                             "(the same faces for every branch: chosen by a hash of the id); 0 = none")
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule
@@ -196,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
 
     # data
     pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
-    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline)
+    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, args.fusion_holdout)
     val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed,
                                          args.round_size, rank=rank, world_size=world)
@@ -204,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
                         worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", drop_last=False)
     val_loader = DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers)
     log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
-        f"from {args.cache}; {world} process(es) on {device}")
+        f"from {args.cache} ({100 * args.fusion_holdout:.0f}% of the training faces kept for the fusion "
+        f"head); {world} process(es) on {device}")
 
     # model, optimiser, stop rule
     torch.manual_seed(args.seed)  # the initial weights

@@ -86,13 +86,16 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
 
 
 def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict[str, Path], out: Path,
-                   device: torch.device = torch.device("cpu")) -> dict[str, np.ndarray]:
-    """The split's features, from ``out`` when already computed for these branches."""
-    path = out / f"features-{split}-{fingerprint(cache, checkpoints)}.npz"
+                   device: torch.device = torch.device("cpu"), fusion_holdout: float = 0.0) -> dict[str, np.ndarray]:
+    """The split's features, from ``out`` when already computed for these branches. With a
+    ``fusion_holdout``, only the training faces the branches were kept from."""
+    name = split if fusion_holdout <= 0 else f"{split}-holdout{fusion_holdout:g}"
+    path = out / f"features-{name}-{fingerprint(cache, checkpoints)}.npz"
     if path.is_file():
         with np.load(path) as data:
             return dict(data)
-    rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split]
+    rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split
+            and (fusion_holdout <= 0 or manifest.in_fusion_holdout(r["id"], fusion_holdout))]
     if not rows:
         raise ValueError(f"{cache}: the {split!r} split is empty")
     data = extract(model, cache, rows, device=device, desc=f"{split} features")

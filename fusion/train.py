@@ -2,11 +2,13 @@
 
     agefuse-train-fusion --cache runs/utk --runs runs --branches face,eyes,mouth --out runs/fused
 
-Loads ``RUNS/<region>/best.pt`` for each region named (or ``region=path`` items), computes
-every branch's outputs for the train and validation splits once (cached in ``--out``),
-trains the head on the training split with whole branches dropped at random (so a face
+Loads ``RUNS/<region>/best.pt`` for each region named (or ``region=path`` items) and
+computes every branch's outputs once (cached in ``--out``) for the training faces the
+branches were kept from (their ``--fusion-holdout``) and for the validation split. Trains
+the head on most of those held-out faces with whole branches dropped at random (so a face
 with a missing crop is still scored), picks the epoch by validation loss, fits the interval
-temperature on the validation split and reports how often the stated interval holds there.
+temperature on the rest (``--calibration-share``) and reports how often the stated interval
+holds on the validation split.
 
 Writes ``OUT/fused.pt``: branches and head in one file, all ``agefuse-evaluate`` and
 ``agefuse-predict`` need.
@@ -44,6 +46,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--branch-dropout", type=float, default=0.15,
                         help="chance a branch is hidden from the head for a training face")
     parser.add_argument("--interval", type=float, default=0.8, help="coverage of the stated age interval")
+    parser.add_argument("--calibration-share", type=float, default=0.1,
+                        help="share of the head's faces kept to fit the interval's temperature")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     return parser
@@ -102,13 +106,22 @@ def main(args: argparse.Namespace) -> int:
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
                        interval=args.interval).to(device)
     model.eval()
-    train = split_features(model, cache, "train", paths, out, device)
+    holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
+    if len(holdouts) > 1:
+        raise ValueError(f"the branches kept different shares of the training split for fusion "
+                         f"({sorted(holdouts)}): retrain them with one --fusion-holdout")
+    holdout = holdouts.pop()
+    if holdout <= 0:
+        print("the head learns from the branches' own training faces (they were trained with "
+              "--fusion-holdout 0): its interval may hold less often than it says")
+    train = split_features(model, cache, "train", paths, out, device, holdout)
     val = split_features(model, cache, "val", paths, out, device)
-    # a tenth of the training faces is kept from the head to fit the interval's temperature,
-    # so that validation can check the interval honestly
+    # a share of the head's faces is kept from it to fit the interval's temperature, so that
+    # validation can check the interval honestly
     order = np.random.default_rng(args.seed).permutation(len(train["age"]))
-    calibration = {k: v[order[: len(order) // 10]] for k, v in train.items()}
-    train = {k: v[order[len(order) // 10:]] for k, v in train.items()}
+    cut = int(len(order) * args.calibration_share)
+    calibration = {k: v[order[:cut]] for k, v in train.items()}
+    train = {k: v[order[cut:]] for k, v in train.items()}
     features, present, age, gender = tensors(train, device)
     val_tensors = tensors(val, device)
     print(f"fusing {', '.join(model.regions)}: {len(age)} training faces for the head, "
@@ -150,7 +163,8 @@ def main(args: argparse.Namespace) -> int:
     mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
     branch_mae = {r: float(np.abs(val["features"][:, i, -2] * 100 - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
-    summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae,
+    summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
+               "head_faces": len(age), "calibration_faces": len(calibration["age"]),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
                "branches": {r: str(p) for r, p in paths.items()}}
     save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})

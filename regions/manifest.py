@@ -121,6 +121,16 @@ def in_shard(image_id: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=4).digest()) % n == k
 
 
+def in_fusion_holdout(image_id: str, fraction: float) -> bool:
+    """Training faces kept from the branches for the fusion head (a fixed share by a hash
+    of the id): the head must learn how far to trust each branch from faces that branch
+    has not fitted, or it trusts the branch's training-set accuracy."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"fusion:{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2 ** 64 < fraction
+
+
 def manifest_name(shard: tuple[int, int] = (0, 1)) -> str:
     return MANIFEST if shard[1] == 1 else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
 

@@ -6,13 +6,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from branches import backbones, train
 from branches.checkpoint import load_checkpoint
 from branches.model import branch_loss, create_model
-from conftest import ROOT
+from conftest import ROOT, manifest_rows
+from regions.manifest import in_fusion_holdout
 
 FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "32", "--workers", "0",
         "--threads", "2"]
@@ -27,22 +29,33 @@ def history(out):
     return json.loads((out / "history.json").read_text())
 
 
+def branch_face_count(cache, fusion_holdout: float = 0.0) -> int:
+    """Training faces a branch learns from: the training split less the fusion head's share."""
+    return sum(r["split"] == "train" and r["status"] != "rejected"
+               and not in_fusion_holdout(r["id"], fusion_holdout) for r in manifest_rows(cache))
+
+
 def test_two_rounds_lower_the_training_loss(sample_cache, tmp_path):
-    assert train.main(train_args(sample_cache, tmp_path / "run", "--max-rounds", 2, "--lr", 3e-3)) == 0
+    assert train.main(train_args(sample_cache, tmp_path / "run", "--max-rounds", 2, "--lr", 3e-3,
+                                 "--fusion-holdout", 0.2)) == 0
     rounds = history(tmp_path / "run")
     assert len(rounds) == 2 and rounds[1]["train_loss"] < rounds[0]["train_loss"]
     for name in ("last.pt", "best.pt", "learning_curve.png", "augmentation.json"):
         assert (tmp_path / "run" / name).is_file(), name
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "sampler", "stop", "rng", "model_args"} <= set(state)
-    assert rounds[0]["sampler"]["alpha"] == 0.5 and sum(rounds[0]["sampler"]["drawn"].values()) == 198
+    train_faces = branch_face_count(sample_cache)
+    assert 0.1 * train_faces < train_faces - branch_face_count(sample_cache, 0.2) < 0.3 * train_faces
+    assert rounds[0]["sampler"]["alpha"] == 0.5  # a round draws as many as the branch's faces:
+    assert sum(rounds[0]["sampler"]["drawn"].values()) == branch_face_count(sample_cache, 0.2)  # fusion's out
 
 
 def test_eyes_branch_reads_both_eyes(sample_cache, tmp_path):
     args = train.get_args_parser().parse_args(
         ["--cache", str(sample_cache), "--region", "eyes", "--out", str(tmp_path), *FAST, "--max-rounds", "1"])
     assert train.main(args) == 0
-    assert history(tmp_path)[0]["train_images"] == 2 * 198  # a left and a mirrored right eye per face
+    # a left and a mirrored right eye per face
+    assert history(tmp_path)[0]["train_images"] == 2 * branch_face_count(sample_cache)
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(sample_cache, tmp_path):
@@ -75,7 +88,7 @@ def test_two_process_gloo_ddp_run_completes(sample_cache, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rounds = history(tmp_path)
     assert "2 process(es)" in result.stdout and len(rounds) == 2
-    assert rounds[0]["train_images"] == 99  # rank 0's half of the 198-draw round
+    assert rounds[0]["train_images"] == (branch_face_count(sample_cache) + 1) // 2  # rank 0's half of a round
     assert (tmp_path / "best.pt").is_file()
 
 
@@ -147,3 +160,31 @@ def test_resnet_weights_only_from_a_local_file(tmp_path):
     import torchvision
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     assert backbones.build_backbone("resnet18", weights=str(tmp_path / "r18.pth")).features == 512
+
+
+def test_shipped_face_age_weights_estimate_sample_ages_out_of_the_box():
+    """The converted dlib face-age ResNet, with its own 81-way age layer, on real sample faces
+    at 64 px: a wrong conversion (a transposed kernel, a swapped affine) gives nonsense."""
+    import cv2
+    from conftest import SAMPLE
+    trunk = backbones.build_backbone("dlib_age_resnet", pretrained=True).eval()
+    shipped = torch.load(backbones.DLIB_AGE_WEIGHTS, weights_only=True)
+    age_layer = torch.nn.Linear(256, 81)
+    age_layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
+    files = sorted(SAMPLE.glob("*.jpg"))
+    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (64, 64), interpolation=cv2.INTER_AREA)
+                                       for f in files])).permute(0, 3, 1, 2).float()
+    mean, std = torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255, torch.tensor(trunk.std).view(1, 3, 1, 1) * 255
+    with torch.no_grad():
+        expected_age = age_layer(trunk((chips - mean) / std)).softmax(1) @ torch.arange(81.0)
+    true = torch.tensor([float(f.name.split("_")[0]) for f in files])
+    mae = (expected_age - true).abs().mean().item()
+    assert mae < 10, mae  # measured 7.3 on the age-balanced sample (half of it 50+)
+    assert np.corrcoef(expected_age.numpy(), true.numpy())[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("size", [48, 64, 96])
+def test_dlib_age_resnet_pads_its_residuals_at_any_size(size):
+    model = create_model("dlib_age_resnet", pretrained=True).eval()
+    out = model(torch.randint(0, 255, (3, 3, size, size), dtype=torch.uint8))
+    assert out["embedding"].shape == (3, 128) and torch.isfinite(out["age"]).all()
