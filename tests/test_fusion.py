@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn import metrics as sk
 
 from fusion import evaluate, export, metrics, predict
 from fusion.features import batch_inputs, read_crops
-from fusion.model import load_fused
+from fusion.model import DEFAULT_MODEL, load_fused
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 
 
@@ -52,6 +53,11 @@ def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(s
     assert result["fused"]["n"] == len(val)
     assert result["fused"]["mae"] < constant_mae, (result["fused"]["mae"], constant_mae)
     assert 0 < state["summary"]["val_interval_coverage"] <= 1
+    # the branches were trained with the default --fusion-holdout 0: the head learned from the
+    # whole training split (a tenth of it kept for the interval's temperature)
+    train_faces = [r for r in rows if r["split"] == "train" and r["status"] != "rejected"]
+    assert state["summary"]["fusion_holdout"] == 0.0
+    assert state["summary"]["head_faces"] + state["summary"]["calibration_faces"] == len(train_faces)
 
 
 def test_a_missing_region_crop_is_scored_from_the_others(sample_fused, sample_cache):
@@ -63,6 +69,21 @@ def test_a_missing_region_crop_is_scored_from_the_others(sample_fused, sample_ca
     assert present[0].all() and not present[1, model.regions.index("mouth")]
     out = model.predict(model.features(inputs), present)
     assert torch.isfinite(out["age"]).all() and out["age"][0] != out["age"][1]
+
+
+def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache):
+    model, _ = load_fused(sample_fused)
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:3]]
+    inputs, present = batch_inputs(model, faces)
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            one_after_another = model.features(inputs)
+            side_by_side = model.features(inputs, predict.branch_pool(model, threads=2))
+    finally:
+        torch.set_num_threads(threads)  # branch_pool shares the threads out for the whole process
+    assert torch.allclose(one_after_another, side_by_side, atol=1e-5)
+    assert side_by_side.shape == (3, len(model.regions), model.branch_features)
 
 
 def test_evaluating_a_raw_folder_reports_the_image_without_a_face(sample_fused, tmp_path, capsys):
@@ -118,3 +139,31 @@ def test_export_round_trips_without_the_training_code(sample_fused, tmp_path):
         f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     assert (torch.load(tmp_path / "out.pt") - expected).abs().max() <= 1e-4
+
+
+def test_a_half_precision_copy_predicts_as_the_full_model(sample_fused, sample_cache, tmp_path):
+    from fusion.model import save_half
+    half_path = save_half(sample_fused, tmp_path / "half.pt")
+    assert half_path.stat().st_size < 0.6 * sample_fused.stat().st_size
+    full, _ = load_fused(sample_fused)
+    half, state = load_fused(half_path)
+    assert state["precision"] == "float16"
+    val = [r for r in manifest_rows(sample_cache) if r["split"] == "val"]
+    inputs, present = batch_inputs(full, [read_crops(sample_cache, r) for r in val])
+    with torch.inference_mode():
+        a, b = full.predict(full.features(inputs), present), half.predict(half.features(inputs), present)
+    assert (a["age"] - b["age"]).abs().max() < 0.5
+    assert ((a["gender_female"] >= 0.5) == (b["gender_female"] >= 0.5)).float().mean() >= 0.95
+
+
+def test_predict_works_out_of_the_box_with_the_installed_model(tmp_path):
+    """No --model: the UTKFace model shipped with the package. A sanity check, not an accuracy
+    figure: the sample's faces come from the pool that model was trained on."""
+    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size <= 20e6
+    files = sample_files(12, offset=3)
+    result = subprocess.run([sys.executable, "-m", "fusion.predict", *map(str, files), "--out", str(tmp_path),
+                             "--no-annotate"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    errors = [abs(r["faces"][0]["age"] - int(Path(r["photo"]).name.split("_")[0])) for r in records if r["faces"]]
+    assert len(errors) >= 10 and np.mean(errors) < 8, errors
