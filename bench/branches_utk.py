@@ -18,35 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from branches.data import RegionDataset
-from branches.model import branch_loss, create_model
+from utk_accuracy import images_per_second  # bench/ is on the path of a bench script
 
 ROUND_SIZE = 6000
-
-
-def images_per_second(model_name: str, size: int) -> float:
-    model = create_model(model_name, pretrained=False).train()
-    optimizer = torch.optim.AdamW(model.parameters())
-    batch = torch.randint(0, 255, (64, 3, size, size), dtype=torch.uint8)
-    ages, genders = torch.full((64,), 30.0), torch.zeros(64, dtype=torch.long)
-    for i in range(6):
-        if i == 2:
-            start = time.perf_counter()
-        loss, _ = branch_loss(model(batch), ages, genders)
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
-    return 4 * 64 / (time.perf_counter() - start)
-
-
 SPEEDS: dict[str, float] = {}
 
 
 def train_run(args, name, region, model, head, alpha, minutes):
     out = Path(args.out) / name
     # measured once per model, so runs that are compared get the same number of rounds
-    speed = SPEEDS.setdefault(model, images_per_second(model, args.image_size))
+    speed = SPEEDS.setdefault(model, images_per_second(model, args.image_size, torch.device("cpu"), 64))
     # ~75% of the budget is training steps; the rest is loading, validation and checkpoints
     rounds = max(2, int(minutes * 60 * speed * 0.75 / (ROUND_SIZE * (2 if region == "eyes" else 1))))
     command = [sys.executable, "-m", "branches.train", "--cache", args.cache, "--region", region,
@@ -80,7 +63,7 @@ def main(args):
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"cache {args.cache}, seed {args.seed}, image size {args.image_size}, round size {ROUND_SIZE}")
     for name in {args.model} if not args.pick_minutes else {"small_cnn", "efficientnet_lite0"}:
-        SPEEDS[name] = images_per_second(name, args.image_size)
+        SPEEDS[name] = images_per_second(name, args.image_size, torch.device("cpu"), 64)
         print(f"{name}: {SPEEDS[name]:.0f} training images/s measured; rounds are planned from it")
     rows = []
     if args.pick_minutes:

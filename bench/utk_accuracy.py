@@ -87,13 +87,21 @@ def images_per_second(model_name: str, size: int, device: torch.device, batch_si
     return 5 * batch_size / (time.perf_counter() - start)
 
 
+SPEEDS: dict[tuple[str, int], float] = {}
+
+
 def train_branch(cache: Path, out: Path, region: str, spec: dict, config: dict, seed: int,
                  alpha: float = 0.5, aug: str = "default", pretrained: bool = True) -> dict:
     views = 2 if region == "eyes" else 1
-    speed = images_per_second(spec["model"], spec["size"], torch.device(config["device"]), config["batch_size"])
+    # measured once per backbone and size, so that runs compared side by side plan equal rounds
+    key = (spec["model"], spec["size"])
+    if key not in SPEEDS:
+        SPEEDS[key] = images_per_second(*key, torch.device(config["device"]), config["batch_size"])
+    speed = SPEEDS[key]
     round_size = min(ROUND_SIZE, config["train_size"])
-    # ~75% of the wall time is training steps; the rest is loading, validation, checkpoints
-    rounds = max(2, int(spec["minutes"] * 60 * speed * 0.75 / (round_size * views)))
+    # the loop reaches about 55% of the bare step speed on 2 cores (the loader's augmentation
+    # shares them; validation and checkpoints), measured in the first cpu-budget run
+    rounds = max(2, int(spec["minutes"] * 60 * speed * 0.55 / (round_size * views)))
     start = time.perf_counter()
     if not (out / "history.json").is_file() or not (out / "best.pt").is_file():
         command = [sys.executable, "-m", "branches.train", "--cache", str(cache), "--region", region,
