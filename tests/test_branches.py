@@ -179,7 +179,7 @@ def test_shipped_face_age_weights_estimate_sample_ages_out_of_the_box():
         expected_age = age_layer(trunk((chips - mean) / std)).softmax(1) @ torch.arange(81.0)
     true = torch.tensor([float(f.name.split("_")[0]) for f in files])
     mae = (expected_age - true).abs().mean().item()
-    assert mae < 10, mae  # measured 7.3 on the age-balanced sample (half of it 50+)
+    assert mae < 10, mae  # measured 6.69 (correlation 0.92) on the age-balanced sample
     assert np.corrcoef(expected_age.numpy(), true.numpy())[0, 1] > 0.8
 
 
