@@ -17,9 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from fusion.features import batch_inputs
 from fusion.model import load_fused
-from fusion.predict import branch_pool
+from fusion.predict import branch_pool, estimate
 from regions.pipeline import faces_in
 
 
@@ -38,9 +37,7 @@ def timed(model, image, upsample, repeats, pool):
         start = time.perf_counter()
         faces = faces_in(image, "hog", upsample)
         middle = time.perf_counter()
-        with torch.inference_mode():
-            inputs, present = batch_inputs(model, [f["crops"] for f in faces])
-            model.predict(model.features(inputs, pool), present)
+        estimate(model, faces, pool)
         network.append(time.perf_counter() - middle)
         pipeline.append(middle - start)
         found = len(faces)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from branches import augment
 from branches.model import branch_loss, create_model
 from fusion.metrics import age_report, gender_report
 
@@ -231,9 +232,15 @@ def main(args):
         tick = time.perf_counter()
         region = config["ablation"]["region"]
         base = {**config["branches"][region], "minutes": config["ablation"]["minutes"]}
+        # the default pipeline less its colour-space, equalisation and denoise steps, derived
+        # here so that it follows any change to default.json
+        plain_aug = out / "augment-without-colour.json"
+        colour_steps = ("ColorSpaceView", "CLAHE", "Denoise")
+        plain_aug.write_text(json.dumps({region_: [step for step in steps if next(iter(step)) not in colour_steps]
+                                         for region_, steps in augment.load_config("default").items()}, indent=1))
         variants = [("rebalanced bootstrap (alpha 0.5), full augmentation, face-age init", {}, {}),
                     ("plain bootstrap (alpha 0)", {}, {"alpha": 0.0}),
-                    ("without colour-space / equalisation / denoise augmentation", {}, {"aug": "geometric"}),
+                    ("without colour-space / equalisation / denoise augmentation", {}, {"aug": str(plain_aug)}),
                     ("init: ImageNet EfficientNet-Lite0", {"model": "efficientnet_lite0", "lr": 1e-3}, {}),
                     ("init: none (face-age ResNet from scratch)", {"lr": 2e-3}, {"pretrained": False})]
         for i, (name, spec_change, run_change) in enumerate(variants):

@@ -57,14 +57,21 @@ def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
 
 
 @torch.inference_mode()
+def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | None = None
+             ) -> dict[str, torch.Tensor]:
+    """The fused model's outputs (``FusedModel.predict``) for faces found by ``faces_in``."""
+    inputs, present = batch_inputs(model, [face["crops"] for face in faces])
+    return model.predict(model.features(inputs, pool), present)
+
+
+@torch.inference_mode()
 def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 0,
                   fallback: bool = False, pool: ThreadPoolExecutor | None = None) -> list[dict]:
     """Every face of a BGR image with its estimates (``pool``: see ``branch_pool``)."""
     faces = faces_in(image, detector, upsample, fallback=fallback)
     if not faces:
         return []
-    inputs, present = batch_inputs(model, [f["crops"] for f in faces])
-    out = model.predict(model.features(inputs, pool), present)
+    out = estimate(model, faces, pool)
     results = []
     for i, face in enumerate(faces):
         female = float(out["gender_female"][i])

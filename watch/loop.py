@@ -2,7 +2,7 @@
 
 Every ``every``-th frame is a detection frame: dlib finds the faces and their landmarks, the
 region crops are cut and the fused model estimates each face (``regions.faces_in``,
-``fusion.features.batch_inputs``, ``FusedModel.predict``: the same path as agefuse-predict).
+``fusion.predict.estimate``: the same path as agefuse-predict).
 That is most of the cost (50-150 ms a frame on a 2-core CPU), so on the frames between,
 the faces are only followed, by dlib's correlation tracker: about 5 ms a face, it
 follows a face that moves or turns a little, where holding the last box (``--tracker hold``)
@@ -20,11 +20,9 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-import torch
 
-from fusion.features import batch_inputs
 from fusion.model import load_fused
-from fusion.predict import branch_pool
+from fusion.predict import branch_pool, estimate
 from regions.pipeline import faces_in
 
 from .tracks import ENDED, INTERRUPTED, Box, Measurement, TrackSet
@@ -77,15 +75,13 @@ class FaceEstimator:
                 self.pool = branch_pool(self._model, self.threads)
         return self._model
 
-    @torch.inference_mode()
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
         with clock("faces"):  # detection, landmarks, crops
             faces = faces_in(frame, self.detector, self.upsample)
         if not faces:
             return []
         with clock("model"):
-            inputs, present = batch_inputs(self.model, [face["crops"] for face in faces])
-            out = self.model.predict(self.model.features(inputs, self.pool), present)
+            out = estimate(self.model, faces, self.pool)
         return [(face["box"], Measurement(float(out["age"][i]), float(out["age_low"][i]),
                                           float(out["age_high"][i]), float(out["gender_female"][i])))
                 for i, face in enumerate(faces)]
