@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import hog_pyramid
+
 # The 68-point iBUG scheme by region; every crop is defined from these names.
 LANDMARKS = {
     "jaw": range(0, 17),
@@ -78,28 +80,34 @@ def get_predictor(path: str | None = None):
     return dlib.shape_predictor(path)
 
 
-def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0,
+def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1,
                    ) -> list[tuple[Box, float]]:
     """Faces in an RGB or grayscale uint8 image as ``(box, score)``, largest first.
 
     ``hog`` is dlib's frontal HOG + linear SVM detector (fast, frontal faces);
     ``cnn`` is dlib's MMOD CNN detector (slower, more robust to pose and light).
     ``upsample`` enlarges the image that many times first, to find smaller faces.
+    ``threads`` 2 or more shares the HOG pyramid between two threads (``hog_pyramid``:
+    the same faces and scores, box corners within a pixel of rounding, in about 60% of
+    the time); for one photo at a time, as ``agefuse-predict`` sees them.
     """
     if detector == "hog":
-        # run() also returns a confidence; plain __call__ would not
-        rects, scores, _ = _hog_detector().run(image, upsample)
-        found = list(zip(rects, scores))
+        split = hog_pyramid.split_detector() if threads > 1 and upsample == 0 else None
+        if split is not None:
+            found = split.run(image)
+        else:
+            # run() also returns a confidence; plain __call__ would not
+            rects, scores, _ = _hog_detector().run(image, upsample)
+            found = [(_box(r), s) for r, s in zip(rects, scores)]
     elif detector == "cnn":
         if image.ndim == 2:  # the MMOD network wants three channels
             image = np.repeat(image[:, :, None], 3, axis=2)
         detections = _cnn_detector(str(model_file("mmod_human_face_detector.dat")))(image, upsample)
-        found = [(d.rect, d.confidence) for d in detections]
+        found = [(_box(d.rect), d.confidence) for d in detections]
     else:
         raise ValueError(f"unknown detector {detector!r}; choose one of {DETECTORS}")
     height, width = image.shape[:2]
-    boxes = [(_clip((r.left(), r.top(), r.right(), r.bottom()), width, height), float(s))
-             for r, s in found]
+    boxes = [(_clip(box, width, height), float(s)) for box, s in found]
     boxes = [(b, s) for b, s in boxes if b[2] > b[0] and b[3] > b[1]]
     return sorted(boxes, key=lambda bs: -(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]))
 
@@ -116,6 +124,10 @@ def whole_image_box(width: int, height: int, inset: float = 0.08) -> Box:
     margin, about where dlib's detector puts a face that fills the frame."""
     dx, dy = int(round(width * inset)), int(round(height * inset))
     return (dx, dy, width - 1 - dx, height - 1 - dy)
+
+
+def _box(rect) -> Box:
+    return (rect.left(), rect.top(), rect.right(), rect.bottom())
 
 
 def _clip(box: Box, width: int, height: int) -> Box:

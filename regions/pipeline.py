@@ -115,15 +115,16 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
 
 
 def faces_in(image: np.ndarray, detector: str = "hog", upsample: int = 0,
-             sizes: dict | None = None, fallback: bool = False) -> list[dict]:
+             sizes: dict | None = None, fallback: bool = False, threads: int = 1) -> list[dict]:
     """Every face of a BGR photo, in memory: ``box``, ``score``, ``landmarks`` and RGB
     ``crops`` by region, ``original`` being the face's box widened to the framing of an
     aligned-and-cropped face photo (as the UTKFace chips the original branch learns from).
-    With ``fallback``, a photo with no detection is taken as one pre-cropped face."""
+    With ``fallback``, a photo with no detection is taken as one pre-cropped face; ``threads``
+    as in ``landmarks.face_locations``."""
     height, width = image.shape[:2]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    found = landmarks.face_locations(rgb if detector == "cnn" else gray, detector, upsample)
+    found = landmarks.face_locations(rgb if detector == "cnn" else gray, detector, upsample, threads)
     if not found and fallback:
         found = [(landmarks.whole_image_box(width, height), None)]
     faces = []
