@@ -31,11 +31,11 @@ def photo(faces: list[np.ndarray], grid: int) -> np.ndarray:
     return canvas
 
 
-def timed(model, image, upsample, repeats, pool):
+def timed(model, image, upsample, repeats, pool, detect_threads):
     pipeline, network, found = [], [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        faces = faces_in(image, "hog", upsample)
+        faces = faces_in(image, "hog", upsample, threads=detect_threads)
         middle = time.perf_counter()
         estimate(model, faces, pool)
         network.append(time.perf_counter() - middle)
@@ -46,18 +46,21 @@ def timed(model, image, upsample, repeats, pool):
 
 def main(args):
     model, state = load_fused(args.model)
+    if not args.eager:
+        model.trace_branches()
     pool = branch_pool(model, args.threads) if args.side_by_side else None
     if not args.side_by_side:
         torch.set_num_threads(args.threads)
+    detect_threads = 1 if args.plain_detector else args.threads
     files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
     faces = [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), 4, replace=False)]
     photos = {"1-face photo (320x320)": (photo(faces[:1], 1), 1), "4-face photo (480x480)": (photo(faces, 2), 4)}
     print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
           f"{torch.get_num_threads()} torch threads, branches "
-          f"{'side by side on ' + str(pool._max_workers) + ' threads' if pool else 'one after another'}, HOG upsample {args.upsample}, median of {args.repeats}")
+          f"{'side by side on ' + str(pool._max_workers) + ' threads' if pool else 'one after another'}, {'eager' if args.eager else 'traced'} branches, HOG upsample {args.upsample} on {detect_threads} thread(s), median of {args.repeats}")
     for name, (image, expected) in photos.items():
-        timed(model, image, args.upsample, 3, pool)  # warm-up: lazy model loads, allocator
-        found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats, pool)
+        timed(model, image, args.upsample, 3, pool, detect_threads)  # warm-up: lazy model loads, allocator
+        found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats, pool, detect_threads)
         total = pipeline_ms + network_ms
         print(f"{name}: {found} of {expected} faces found; {total:.1f} ms per photo = "
               f"{pipeline_ms:.1f} detection+landmarks+crops + {network_ms:.1f} branches+fusion; "
@@ -73,4 +76,7 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one-after-another", dest="side_by_side", action="store_false",
                         help="run the branches in turn, each on all threads (the old way)")
+    parser.add_argument("--eager", action="store_true", help="branches as plain PyTorch modules, not traced")
+    parser.add_argument("--plain-detector", action="store_true",
+                        help="dlib's detector on one thread, as before the shared pyramid")
     main(parser.parse_args())

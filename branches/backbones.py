@@ -284,3 +284,34 @@ def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...
         raise ValueError(f"{path} does not fit {type(model).__name__}: {len(missing)} missing, "
                          f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped parameters "
                          f"(first: {(missing + unexpected + mismatched)[:3]})")
+
+
+# ---- inference: each conv takes in the per-channel scale that follows it ----------------------
+
+def _scale_and_offset(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(norm, Affine):
+        return norm.scale.flatten(), norm.offset.flatten()
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # a BatchNorm2d in eval mode
+    return scale, norm.bias - norm.running_mean * scale
+
+
+@torch.no_grad()
+def fold_norms(model: nn.Module) -> nn.Module:
+    """For inference only: every Conv2d directly followed (in its parent's registration
+    order, which every backbone here also applies) by an Affine or an eval-mode BatchNorm2d
+    takes the scale and offset into its own weights and bias, and the norm becomes an
+    Identity: one pass over each feature map fewer. Outputs are unchanged up to float
+    rounding (``tests/test_backbones.py`` checks every backbone)."""
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (name, norm) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(norm, (Affine, nn.BatchNorm2d))):
+                continue
+            if isinstance(norm, nn.BatchNorm2d) and norm.training:
+                continue
+            scale, offset = _scale_and_offset(norm)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(bias * scale + offset, requires_grad=False)
+            setattr(parent, name, nn.Identity())
+    return model

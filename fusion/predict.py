@@ -44,7 +44,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="CPU cores to use: the branches run side by side, one core each")
+                        help="CPU cores to use: the detection shares its image pyramid between two, the "
+                             "branches run side by side, one core each")
     return parser
 
 
@@ -66,9 +67,11 @@ def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | No
 
 @torch.inference_mode()
 def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 0,
-                  fallback: bool = False, pool: ThreadPoolExecutor | None = None) -> list[dict]:
-    """Every face of a BGR image with its estimates (``pool``: see ``branch_pool``)."""
-    faces = faces_in(image, detector, upsample, fallback=fallback)
+                  fallback: bool = False, pool: ThreadPoolExecutor | None = None, threads: int = 1
+                  ) -> list[dict]:
+    """Every face of a BGR image with its estimates (``pool``: see ``branch_pool``; ``threads``
+    2 or more also shares the detection between two threads)."""
+    faces = faces_in(image, detector, upsample, fallback=fallback, threads=threads)
     if not faces:
         return []
     out = estimate(model, faces, pool)
@@ -110,6 +113,7 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> int:
     model, _ = load_fused(args.model)
+    model.trace_branches()
     pool = branch_pool(model, args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,8 @@ def main(args: argparse.Namespace) -> int:
             failures += 1
             continue
         start = time.perf_counter()
-        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback, pool)
+        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback, pool,
+                                  args.threads)
         record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
         if not faces:
             record["message"] = "no face found"

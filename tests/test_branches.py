@@ -188,3 +188,28 @@ def test_dlib_age_resnet_pads_its_residuals_at_any_size(size):
     model = create_model("dlib_age_resnet", pretrained=True).eval()
     out = model(torch.randint(0, 255, (3, 3, size, size), dtype=torch.uint8))
     assert out["embedding"].shape == (3, 128) and torch.isfinite(out["age"]).all()
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_folding_the_norms_into_the_convs_keeps_the_outputs(name):
+    torch.manual_seed(0)
+    model = create_model(name, pretrained=name == "dlib_age_resnet").eval()
+    for module in model.modules():  # norms that are not the identity, so folding shows
+        if isinstance(module, (torch.nn.BatchNorm2d, backbones.Affine)):
+            for tensor in [module.weight, module.bias] if isinstance(module, torch.nn.BatchNorm2d) \
+                    else [module.scale, module.offset]:
+                tensor.data.add_(0.2 * torch.randn_like(tensor))
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(images)
+        norms = sum(isinstance(m, (torch.nn.BatchNorm2d, backbones.Affine)) for m in model.modules())
+        backbones.fold_norms(model)
+        after = model(images)
+    assert norms > 0
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, backbones.Affine)) for m in model.modules())
+    scale = before["embedding"].abs().max().item() + 1e-6
+    assert (after["embedding"] - before["embedding"]).abs().max().item() <= 1e-4 * scale
+    assert torch.allclose(after["age"], before["age"], atol=1e-3)

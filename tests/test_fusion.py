@@ -86,6 +86,20 @@ def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache
     assert side_by_side.shape == (3, len(model.regions), model.branch_features)
 
 
+@pytest.mark.parametrize("count", [1, 5])
+def test_traced_branches_predict_as_the_plain_ones(sample_fused, sample_cache, count):
+    plain, _ = load_fused(sample_fused)
+    traced, _ = load_fused(sample_fused)
+    traced.trace_branches()
+    assert all(isinstance(b, torch.jit.ScriptModule) for b in traced.branches)
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[10:10 + count]]
+    inputs, present = batch_inputs(plain, faces)  # traced at one face, run here at `count`
+    with torch.inference_mode():
+        expected, got = plain.predict(plain.features(inputs), present), traced.predict(traced.features(inputs), present)
+    for key in ("age", "gender_female", "branch_ages"):
+        assert torch.allclose(got[key], expected[key], atol=1e-4), key
+
+
 def test_evaluating_a_raw_folder_reports_the_image_without_a_face(sample_fused, tmp_path, capsys):
     folder = link_images(tmp_path / "photos", sample_files(6))
     cv2.imwrite(str(folder / "30_1_0_20990101000000000.jpg.chip.jpg"), np.full((200, 200, 3), 127, np.uint8))

@@ -12,6 +12,7 @@ tracker has kept each box on its face.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,13 +72,14 @@ class FaceEstimator:
     def model(self):
         if self._model is None:
             self._model, _ = load_fused(self.model_path)
+            self._model.trace_branches()
             if self.threads:  # the branches side by side, one core each (FusedModel.features)
                 self.pool = branch_pool(self._model, self.threads)
         return self._model
 
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
         with clock("faces"):  # detection, landmarks, crops
-            faces = faces_in(frame, self.detector, self.upsample)
+            faces = faces_in(frame, self.detector, self.upsample, threads=self.threads or os.cpu_count() or 1)
         if not faces:
             return []
         with clock("model"):
