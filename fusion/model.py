@@ -139,6 +139,7 @@ def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) ->
 
 
 DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
+CALIBRATION = "calibration"  # the hash purpose of the validation half that fits the interval
 
 
 def save_half(source: str | Path, target: str | Path) -> Path:

@@ -5,10 +5,12 @@
 Loads ``RUNS/<region>/best.pt`` for each region named (or ``region=path`` items) and
 computes every branch's outputs once (cached in ``--out``) for the training faces the
 branches were kept from (their ``--fusion-holdout``) and for the validation split. Trains
-the head on most of those held-out faces with whole branches dropped at random (so a face
-with a missing crop is still scored), picks the epoch by validation loss, fits the interval
-temperature on the rest (``--calibration-share``) and reports how often the stated interval
-holds on the validation split.
+the head on those faces with whole branches dropped at random (so a face with a missing
+crop is still scored) and picks the epoch by validation loss. The age interval's
+temperature is fitted on faces the branches never fitted (``--calibrate-on``): a share of
+the held-out training faces, or, when the branches kept none, half the validation split;
+the script reports how often the stated interval holds on validation faces it was not
+fitted on.
 
 Writes ``OUT/fused.pt``: branches and head in one file, all ``agefuse-evaluate`` and
 ``agefuse-predict`` need.
@@ -25,11 +27,12 @@ import torch
 
 from branches.checkpoint import CheckpointError
 from branches.model import branch_loss
+from regions import manifest
 from regions.command import run_command
 
 from .features import split_features
 from .metrics import interval_coverage
-from .model import FusedModel, head_input, load_branches, save_fused
+from .model import CALIBRATION, FusedModel, head_input, load_branches, save_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -46,8 +49,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--branch-dropout", type=float, default=0.15,
                         help="chance a branch is hidden from the head for a training face")
     parser.add_argument("--interval", type=float, default=0.8, help="coverage of the stated age interval")
+    parser.add_argument("--calibrate-on", choices=["auto", "train", "val"], default="auto",
+                        help="faces that fit the interval's temperature. train: a share of the "
+                             "held-out training faces (--calibration-share); val: half the validation "
+                             "split (by a hash of the id), the interval then checked on the other half; "
+                             "auto: train when the branches were trained with --fusion-holdout, else val "
+                             "(a branch is over-confident on faces it fitted, so its own training faces "
+                             "would give too narrow an interval)")
     parser.add_argument("--calibration-share", type=float, default=0.1,
-                        help="share of the head's faces kept to fit the interval's temperature")
+                        help="with --calibrate-on train: share of the head's faces kept for the temperature")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     return parser
@@ -111,21 +121,28 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"the branches kept different shares of the training split for fusion "
                          f"({sorted(holdouts)}): retrain them with one --fusion-holdout")
     holdout = holdouts.pop()
-    if holdout <= 0:
-        print("the head learns from the branches' own training faces (they were trained with "
-              "--fusion-holdout 0): its interval may hold less often than it says")
     train = split_features(model, cache, "train", paths, out, device, holdout)
     val = split_features(model, cache, "val", paths, out, device)
-    # a share of the head's faces is kept from it to fit the interval's temperature, so that
-    # validation can check the interval honestly
-    order = np.random.default_rng(args.seed).permutation(len(train["age"]))
-    cut = int(len(order) * args.calibration_share)
-    calibration = {k: v[order[:cut]] for k, v in train.items()}
-    train = {k: v[order[cut:]] for k, v in train.items()}
+    # the interval's temperature is fitted on faces the head does not learn from, and the
+    # interval is checked on validation faces the temperature was not fitted on
+    calibrate_on = args.calibrate_on if args.calibrate_on != "auto" else "train" if holdout > 0 else "val"
+    checked = np.ones(len(val["age"]), bool)
+    fitted = np.array([manifest.hashed_share(str(i), 0.5, CALIBRATION) for i in val["id"]])
+    if calibrate_on == "val" and fitted.any() and not fitted.all():
+        calibration, checked = {k: v[fitted] for k, v in val.items()}, ~fitted
+    else:
+        calibrate_on = "train"
+        if holdout <= 0:
+            print("the interval's temperature is fitted on the branches' own training faces (they were "
+                  "trained with --fusion-holdout 0): the interval may hold less often than it says")
+        order = np.random.default_rng(args.seed).permutation(len(train["age"]))
+        cut = int(len(order) * args.calibration_share)
+        calibration = {k: v[order[:cut]] for k, v in train.items()}
+        train = {k: v[order[cut:]] for k, v in train.items()}
     features, present, age, gender = tensors(train, device)
     val_tensors = tensors(val, device)
     print(f"fusing {', '.join(model.regions)}: {len(age)} training faces for the head, "
-          f"{len(calibration['age'])} for the interval, {len(val['age'])} validation faces")
+          f"{len(calibration['age'])} {calibrate_on} faces for the interval, {len(val['age'])} validation faces")
 
     # the head
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -159,18 +176,21 @@ def main(args: argparse.Namespace) -> int:
     temperature = fit_temperature(model, *tensors(calibration, device)[:3])
     with torch.no_grad():
         result = model.predict(*val_tensors[:2])
-    coverage = interval_coverage(val["age"], result["age_low"].cpu().numpy(), result["age_high"].cpu().numpy())
+    coverage = interval_coverage(val["age"][checked], result["age_low"].cpu().numpy()[checked],
+                                 result["age_high"].cpu().numpy()[checked])
     mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
     branch_mae = {r: float(np.abs(val["features"][:, i, -2] * 100 - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
-               "head_faces": len(age), "calibration_faces": len(calibration["age"]),
+               "head_faces": len(age), "calibration": {"split": calibrate_on, "faces": len(calibration["age"])},
+               "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
                "branches": {r: str(p) for r, p in paths.items()}}
     save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})
     (out / "fusion.json").write_text(json.dumps(summary, indent=1))
     print(f"fused val MAE {mae:.2f} (branches alone: " + ", ".join(f"{r} {m:.2f}" for r, m in branch_mae.items())
-          + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of validation faces"
+          + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of "
+          + f"{'the other half of the ' if calibrate_on == 'val' else ''}validation faces"
           f" (temperature {temperature:.2f}) -> {out / 'fused.pt'}")
     return 0
 

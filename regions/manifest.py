@@ -125,9 +125,16 @@ def in_fusion_holdout(image_id: str, fraction: float) -> bool:
     """Training faces kept from the branches for the fusion head (a fixed share by a hash
     of the id): the head must learn how far to trust each branch from faces that branch
     has not fitted, or it trusts the branch's training-set accuracy."""
+    return hashed_share(image_id, fraction, "fusion")
+
+
+def hashed_share(image_id: str, fraction: float, purpose: str) -> bool:
+    """Whether an image falls in a fixed ``fraction`` of its split, by a hash of its id and
+    ``purpose`` (so shares drawn for different purposes are independent, and reproducible
+    without storing a list)."""
     if fraction <= 0:
         return False
-    digest = hashlib.blake2b(f"fusion:{image_id}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{purpose}:{image_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest) / 2 ** 64 < fraction
 
 

@@ -12,8 +12,9 @@ from sklearn import metrics as sk
 
 from fusion import evaluate, export, metrics, predict
 from fusion.features import batch_inputs, read_crops
-from fusion.model import DEFAULT_MODEL, load_fused
+from fusion.model import CALIBRATION, DEFAULT_MODEL, load_fused
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
+from regions.manifest import hashed_share
 
 
 def test_metrics_equal_scikit_learn():
@@ -54,10 +55,19 @@ def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(s
     assert result["fused"]["mae"] < constant_mae, (result["fused"]["mae"], constant_mae)
     assert 0 < state["summary"]["val_interval_coverage"] <= 1
     # the branches were trained with the default --fusion-holdout 0: the head learned from the
-    # whole training split (a tenth of it kept for the interval's temperature)
+    # whole training split, and the interval's temperature from half the validation split
+    # (faces no branch fitted), the interval being checked on the other half
     train_faces = [r for r in rows if r["split"] == "train" and r["status"] != "rejected"]
-    assert state["summary"]["fusion_holdout"] == 0.0
-    assert state["summary"]["head_faces"] + state["summary"]["calibration_faces"] == len(train_faces)
+    summary = state["summary"]
+    assert summary["fusion_holdout"] == 0.0 and summary["head_faces"] == len(train_faces)
+    fitted = [r for r in val if hashed_share(r["id"], 0.5, CALIBRATION)]
+    assert summary["calibration"] == {"split": "val", "faces": len(fitted)}
+    assert summary["interval_checked_faces"] == len(val) - len(fitted) > 0
+    # agefuse-evaluate leaves the same faces out of its coverage figure
+    calibrated = {r["id"] for r in fitted}
+    checked, _, _ = evaluate.evaluate_rows(model, sample_cache, val, calibrated)
+    assert checked["fused"]["interval_checked_faces"] == summary["interval_checked_faces"]
+    assert checked["fused"]["interval_coverage"] == pytest.approx(summary["val_interval_coverage"], abs=1e-6)
 
 
 def test_a_missing_region_crop_is_scored_from_the_others(sample_fused, sample_cache):
