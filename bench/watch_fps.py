@@ -50,9 +50,10 @@ def make_video(path: Path, faces: list[np.ndarray], frames: int, fps: float = 25
     return path
 
 
-def detect_share(path: Path, step: int = 10) -> tuple[float, float]:
+def detect_share(path: Path, threads: int, step: int = 10) -> tuple[float, float]:
     """dlib's HOG detector alone, in ms, and its share of ``faces_in`` (detection, landmarks,
-    crops), both timed on every ``step``-th frame, one after the other on each."""
+    crops), both timed on every ``step``-th frame, one after the other on each, with the
+    detector the loop uses (its pyramid shared between ``threads``)."""
     capture, detect, faces, index = cv2.VideoCapture(str(path)), [], [], 0
     while True:
         ok, frame = capture.read()
@@ -60,9 +61,9 @@ def detect_share(path: Path, step: int = 10) -> tuple[float, float]:
             break
         if index % step == 0:
             start = perf_counter()
-            landmarks.face_locations(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+            landmarks.face_locations(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), threads=threads)
             middle = perf_counter()
-            faces_in(frame)
+            faces_in(frame, threads=threads)
             detect.append(middle - start)
             faces.append(perf_counter() - middle)
         index += 1
@@ -96,7 +97,7 @@ def main(args):
             first = open_source(str(path))
             estimator(first.first, Stopwatch())  # warm-up: first calls allocate
             first.release()
-            detect = detect_share(path)
+            detect = detect_share(path, args.threads)
             for every, tracker in ((1, "correlation"), (5, "correlation"), (5, "hold")):
                 summary = run(estimator, path, every, tracker, Path(tmp) / f"out{count}-{every}-{tracker}", args.video)
                 results.append((count, every, tracker, summary, detect))

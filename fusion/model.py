@@ -81,17 +81,17 @@ class FusedModel(nn.Module):
     @torch.no_grad()
     def trace_branches(self) -> "FusedModel":
         """For a process that estimates many faces (predict, watch): each branch traced and
-        frozen by TorchScript, so no Python runs between its ops. At batch 1 on a CPU that is
-        about a fifth of the branch time, and two branches side by side no longer take turns
-        at the GIL. Outputs are the same (tests/test_fusion.py). Eval mode only; a torch
+        frozen by TorchScript, so no Python runs between its ops: at batch 1 on a CPU the
+        branches are faster, most of all two side by side, which no longer take turns at the
+        GIL (bench/branch_latency.py). Outputs are the same (tests/test_fusion.py). Eval mode only; a torch
         without TorchScript keeps the plain branches."""
         traced = []
-        for branch, size, region in zip(self.branches, self.image_sizes, self.regions):
+        for branch, size in zip(self.branches, self.image_sizes):
             example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.ages.device)
             try:
                 with warnings.catch_warnings():
                     # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which
-                    # spends about 35 s compiling each branch here: too long for one photo
+                    # spends about a minute compiling the four branches here: too long for one photo
                     warnings.simplefilter("ignore", FutureWarning)
                     # the residuals' padding reads shapes: constants at the branch's one size
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
