@@ -28,10 +28,7 @@ def timed(call, repeats: int) -> float:
 
 def main(args):
     torch.set_num_threads(1)
-    fold = fused_model.fold_norms
-    fused_model.fold_norms = lambda model: model  # load the plain modules first
-    plain, _ = fused_model.load_fused(args.model)
-    fused_model.fold_norms = fold
+    plain, _ = fused_model.load_fused(args.model, fold=False)
     folded, _ = fused_model.load_fused(args.model)
     traced, _ = fused_model.load_fused(args.model)
     traced.trace_branches()

@@ -97,7 +97,7 @@ def main(args):
             first = open_source(str(path))
             estimator(first.first, Stopwatch())  # warm-up: first calls allocate
             first.release()
-            detect = detect_share(path, args.threads)
+            detect = detect_share(path, estimator.threads or 1)
             for every, tracker in ((1, "correlation"), (5, "correlation"), (5, "hold")):
                 summary = run(estimator, path, every, tracker, Path(tmp) / f"out{count}-{every}-{tracker}", args.video)
                 results.append((count, every, tracker, summary, detect))

@@ -291,8 +291,11 @@ def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...
 def _scale_and_offset(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(norm, Affine):
         return norm.scale.flatten(), norm.offset.flatten()
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # a BatchNorm2d in eval mode
-    return scale, norm.bias - norm.running_mean * scale
+    scale = 1 / torch.sqrt(norm.running_var + norm.eps)  # a BatchNorm2d in eval mode
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    offset = -norm.running_mean * scale
+    return scale, offset if norm.bias is None else offset + norm.bias
 
 
 @torch.no_grad()
@@ -307,8 +310,8 @@ def fold_norms(model: nn.Module) -> nn.Module:
         for (_, conv), (name, norm) in zip(children, children[1:]):
             if not (isinstance(conv, nn.Conv2d) and isinstance(norm, (Affine, nn.BatchNorm2d))):
                 continue
-            if isinstance(norm, nn.BatchNorm2d) and norm.training:
-                continue
+            if isinstance(norm, nn.BatchNorm2d) and (norm.training or norm.running_var is None):
+                continue  # it normalises with the batch's own statistics
             scale, offset = _scale_and_offset(norm)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
             conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))

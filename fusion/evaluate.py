@@ -69,7 +69,8 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
     result = {"fused": {**age_report(data["age"], fused["age"], data["race"]),
                         "gender": gender_report(data["gender"], fused["gender_female"]),
                         "interval_coverage": interval_coverage(data["age"][checked], out["age_low"].numpy()[checked],
-                                                               out["age_high"].numpy()[checked]),
+                                                               out["age_high"].numpy()[checked])
+                        if checked.any() else None,
                         "interval_checked_faces": int(checked.sum())}}
     for i, region in enumerate(model.regions):
         have = data["present"][:, i]
@@ -105,10 +106,17 @@ def markdown(result: dict, counts: dict) -> str:
                 f"{result[c]['mae_by_race'].get(race, float('nan')):.2f}" for c in columns) + " |")
     confusion = result["fused"]["gender"]["confusion"]
     lines += ["", f"Fused gender confusion (rows true, columns predicted; male, female): {confusion}",
-              f"Fused {100 * result['fused']['interval_coverage']:.1f}% of true ages inside the stated 80% interval "
-              f"({result['fused']['interval_checked_faces']} faces, those the interval was not fitted on).",
+              interval_line(result["fused"]),
               "", "Images: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, list))]
     return "\n".join(lines) + "\n"
+
+
+def interval_line(fused: dict) -> str:
+    checked = fused["interval_checked_faces"]
+    if not checked:
+        return "Interval coverage: n/a (every face here was used to fit the interval)."
+    return (f"Fused {100 * fused['interval_coverage']:.1f}% of true ages inside the stated 80% interval "
+            f"({checked} faces" + (", those the interval was not fitted on)." if checked < fused["n"] else ")."))
 
 
 def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
@@ -158,8 +166,11 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         raise SystemExit(f"error: nothing to evaluate in {cache} ({split} split)")
     calibration = state.get("summary", {}).get("calibration", {})
+    # the faces the interval was fitted on: the hashed half of the validation split of the
+    # cache the model was trained on (another cache's faces were never seen)
+    same_cache = args.cache and str(Path(args.cache).resolve()) == calibration.get("cache")
     calibrated = ({r["id"] for r in rows if manifest.hashed_share(r["id"], 0.5, CALIBRATION)}
-                  if args.cache and split == "val" and calibration.get("split") == "val" else set())
+                  if same_cache and split == "val" and calibration.get("split") == "val" else set())
     result, data, fused = evaluate_rows(model, cache, rows, calibrated)
     (out / "evaluation.json").write_text(json.dumps({"images": counts, "results": result,
                                                      "model": args.model, "source": str(cache), "split": split}, indent=1))

@@ -83,8 +83,9 @@ class FusedModel(nn.Module):
         """For a process that estimates many faces (predict, watch): each branch traced and
         frozen by TorchScript, so no Python runs between its ops: at batch 1 on a CPU the
         branches are faster, most of all two side by side, which no longer take turns at the
-        GIL (bench/branch_latency.py). Outputs are the same (tests/test_fusion.py). Eval mode only; a torch
-        without TorchScript keeps the plain branches."""
+        GIL (bench/branch_latency.py). Outputs are the same (tests/test_fusion.py).
+        Trace last: after ``.to(device)`` and ``.eval()``; a traced model is not for saving.
+        Where tracing fails (a torch without TorchScript), a warning, and the plain branches."""
         traced = []
         for branch, size in zip(self.branches, self.image_sizes):
             example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.ages.device)
@@ -96,7 +97,8 @@ class FusedModel(nn.Module):
                     # the residuals' padding reads shapes: constants at the branch's one size
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     traced.append(torch.jit.freeze(torch.jit.trace(branch.eval(), example, strict=False)))
-            except (AttributeError, RuntimeError):
+            except (AttributeError, RuntimeError) as err:
+                warnings.warn(f"the branches run untraced (TorchScript failed: {err})")
                 return self
         self.branches = nn.ModuleList(traced)
         return self
@@ -156,10 +158,12 @@ def save_half(source: str | Path, target: str | Path) -> Path:
     return target
 
 
-def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[FusedModel, dict]:
-    """The fused model from its one file (branches included), frozen, in eval mode and with
-    its norms folded into the convs (``fold_norms``: for inference only); without a path,
-    the default model installed with agefuse."""
+def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu",
+               fold: bool = True) -> tuple[FusedModel, dict]:
+    """The fused model from its one file (branches included), frozen and in eval mode; without
+    a path, the default model installed with agefuse. ``fold``: the norms folded into the
+    convs (``fold_norms``), for inference only: its state_dict no longer has the file's
+    layout, so load with ``fold=False`` a model to train further or save."""
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no fused model here (train one with agefuse-train-fusion)")
@@ -171,5 +175,5 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
                        interval=state["interval"])
     model.load_state_dict(state["model"])
-    model = fold_norms(model.requires_grad_(False).eval()).to(device)
-    return model, state
+    model = model.requires_grad_(False).eval()
+    return (fold_norms(model) if fold else model).to(device), state

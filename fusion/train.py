@@ -128,10 +128,14 @@ def main(args: argparse.Namespace) -> int:
     calibrate_on = args.calibrate_on if args.calibrate_on != "auto" else "train" if holdout > 0 else "val"
     checked = np.ones(len(val["age"]), bool)
     fitted = np.array([manifest.hashed_share(str(i), 0.5, CALIBRATION) for i in val["id"]])
-    if calibrate_on == "val" and fitted.any() and not fitted.all():
+    if calibrate_on == "val" and not (fitted.any() and not fitted.all()):
+        if args.calibrate_on == "val":
+            raise SystemExit(f"error: --calibrate-on val needs at least two validation faces, one on each "
+                             f"side of the hash ({len(fitted)} in {cache}); use --calibrate-on train")
+        calibrate_on = "train"  # auto, on a tiny validation split
+    if calibrate_on == "val":
         calibration, checked = {k: v[fitted] for k, v in val.items()}, ~fitted
     else:
-        calibrate_on = "train"
         if holdout <= 0:
             print("the interval's temperature is fitted on the branches' own training faces (they were "
                   "trained with --fusion-holdout 0): the interval may hold less often than it says")
@@ -182,7 +186,8 @@ def main(args: argparse.Namespace) -> int:
     branch_mae = {r: float(np.abs(val["features"][:, i, -2] * 100 - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
-               "head_faces": len(age), "calibration": {"split": calibrate_on, "faces": len(calibration["age"])},
+               "head_faces": len(age),
+               "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
                "branches": {r: str(p) for r, p in paths.items()}}

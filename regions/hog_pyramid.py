@@ -6,8 +6,11 @@ releases the GIL while it works, so two threads can split the pyramid: one runs 
 ``NEAR_LEVELS`` levels of the photo, the other the whole pyramid of the photo already
 shrunk by those levels (dlib's own ``pyramid_down``, so every level is the image dlib itself
 would have built). The two lists of detections are merged with dlib's own rule (highest
-score first, dropping a box that overlaps one kept), which gives the boxes and scores of
-the ordinary detector; ``tests/test_hog_pyramid.py`` checks it on UTKFace photos.
+score first, dropping a box that overlaps one kept). That gives the ordinary detector's
+faces and scores, box corners within a pixel, on every photo of
+``tests/test_hog_pyramid.py``; it is not exactly dlib's single pass in one case: two
+overlapping detections of one half, one dropped by the other inside dlib, where the other
+is then dropped by a better box of the other half (crowded, overlapping faces).
 
 The near-levels detector is the frontal detector's own file with one field changed
 (``max_pyramid_levels``), read and rewritten here in dlib's serialization format: an
@@ -18,6 +21,7 @@ detector (``split_detector`` returns None), never a wrong one.
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,7 +56,14 @@ class SplitDetector:
     def __init__(self, near, full, iou: float, covered: float):
         self.near, self.full = near, full  # dlib.fhog_object_detector each
         self.iou, self.covered = iou, covered
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hog-far")
+        self._pool, self._pid = None, None
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """One worker thread, made again in a forked child (a parent's threads do not follow)."""
+        if self._pid != os.getpid():
+            self._pool, self._pid = ThreadPoolExecutor(1, thread_name_prefix="hog-far"), os.getpid()
+        return self._pool
 
     def overlap(self, a: tuple, b: tuple) -> bool:
         """dlib's test_box_overlap: intersection over the bounding box of both, or over
@@ -66,7 +77,8 @@ class SplitDetector:
         return inner / outer > self.iou or inner / area(*a) > self.covered or inner / area(*b) > self.covered
 
     def run(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
-        """``(box, score)`` of each face, the highest score first (``upsample`` 0)."""
+        """``(box, score)`` of each face, the highest score first (``upsample`` 0), for a
+        C-contiguous grayscale or RGB uint8 image."""
         import dlib
         pyramid = dlib.pyramid_down(6)
 
@@ -74,8 +86,8 @@ class SplitDetector:
             small = image
             for _ in range(NEAR_LEVELS):
                 small = pyramid(small)
-            if min(small.shape[:2]) < self.full.detection_window_height:
-                return []  # too small for any window: the near levels saw everything
+            # even a level smaller than the window is scanned: dlib finds faces that hang
+            # over the photo's edge there
             rects, scores, _ = self.full.run(small, 0)
             found = []
             for rect, score in zip(rects, scores):

@@ -91,6 +91,7 @@ def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0, 
     the same faces and scores, box corners within a pixel of rounding, in about 60% of
     the time); for one photo at a time, as ``agefuse-predict`` sees them.
     """
+    image = np.ascontiguousarray(image)  # dlib silently finds nothing in a strided view
     if detector == "hog":
         split = hog_pyramid.split_detector() if threads > 1 and upsample == 0 else None
         if split is not None:

@@ -213,3 +213,18 @@ def test_folding_the_norms_into_the_convs_keeps_the_outputs(name):
     scale = before["embedding"].abs().max().item() + 1e-6
     assert (after["embedding"] - before["embedding"]).abs().max().item() <= 1e-4 * scale
     assert torch.allclose(after["age"], before["age"], atol=1e-3)
+
+
+def test_folding_skips_batch_statistics_and_handles_norms_without_affine():
+    torch.manual_seed(1)
+    plain_norm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, affine=False))
+    batch_stats = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    plain_norm[1].running_mean.normal_(); plain_norm[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    for model in (plain_norm.eval(), batch_stats.eval()):
+        with torch.no_grad():
+            before = model(x)
+            backbones.fold_norms(model)
+            assert torch.allclose(model(x), before, atol=1e-5)
+    assert isinstance(plain_norm[1], torch.nn.Identity)
+    assert isinstance(batch_stats[1], torch.nn.BatchNorm2d)  # normalises by each batch: not foldable

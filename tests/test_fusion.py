@@ -61,7 +61,7 @@ def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(s
     summary = state["summary"]
     assert summary["fusion_holdout"] == 0.0 and summary["head_faces"] == len(train_faces)
     fitted = [r for r in val if hashed_share(r["id"], 0.5, CALIBRATION)]
-    assert summary["calibration"] == {"split": "val", "faces": len(fitted)}
+    assert summary["calibration"] == {"split": "val", "faces": len(fitted), "cache": str(sample_cache.resolve())}
     assert summary["interval_checked_faces"] == len(val) - len(fitted) > 0
     # agefuse-evaluate leaves the same faces out of its coverage figure
     calibrated = {r["id"] for r in fitted}

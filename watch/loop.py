@@ -12,7 +12,6 @@ tracker has kept each box on its face.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -79,7 +78,7 @@ class FaceEstimator:
 
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
         with clock("faces"):  # detection, landmarks, crops
-            faces = faces_in(frame, self.detector, self.upsample, threads=self.threads or os.cpu_count() or 1)
+            faces = faces_in(frame, self.detector, self.upsample, threads=self.threads or 1)
         if not faces:
             return []
         with clock("model"):
