@@ -29,7 +29,9 @@ SPEEDS: dict[str, float] = {}
 def train_run(args, name, region, model, head, alpha, minutes):
     out = Path(args.out) / name
     # measured once per model, so runs that are compared get the same number of rounds
-    speed = SPEEDS.setdefault(model, images_per_second(model, args.image_size, torch.device("cpu"), 64))
+    if model not in SPEEDS:
+        SPEEDS[model] = images_per_second(model, args.image_size, torch.device("cpu"), 64)
+    speed = SPEEDS[model]
     # ~75% of the budget is training steps; the rest is loading, validation and checkpoints
     rounds = max(2, int(minutes * 60 * speed * 0.75 / (ROUND_SIZE * (2 if region == "eyes" else 1))))
     command = [sys.executable, "-m", "branches.train", "--cache", args.cache, "--region", region,

@@ -5,20 +5,18 @@ between two threads (regions/hog_pyramid.py), on the photos of predict_latency.p
     python bench/detect_latency.py [--rounds 5] [--repeats 40]
 """
 import argparse
-import glob
 import os
 import time
 
 import cv2
 import numpy as np
 
-from predict_latency import photo
+from predict_latency import photo, sample_faces
 from regions import landmarks
 
 
 def main(args):
-    files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
-    faces = [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), 4, replace=False)]
+    faces = sample_faces(args.source, 4)
     grid = photo(faces, 2)
     photos = {"1-face 320x320": photo(faces[:1], 1), "4-face 480x480": grid,
               "4-face 640x480": cv2.resize(grid, (640, 480))}

@@ -22,6 +22,12 @@ from fusion.predict import branch_pool, estimate
 from regions.pipeline import faces_in
 
 
+def sample_faces(source: str, count: int) -> list[np.ndarray]:
+    """``count`` UTKFace chips from ``source``, the same ones on every run (seed 0)."""
+    files = sorted(glob.glob(os.path.join(source, "*.jpg")))
+    return [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), count, replace=False)]
+
+
 def photo(faces: list[np.ndarray], grid: int) -> np.ndarray:
     side = 40 + grid * 220
     canvas = np.full((side, side, 3), 235, np.uint8)
@@ -52,8 +58,7 @@ def main(args):
     if not args.side_by_side:
         torch.set_num_threads(args.threads)
     detect_threads = 1 if args.plain_detector else args.threads
-    files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
-    faces = [cv2.imread(files[i]) for i in np.random.default_rng(0).choice(len(files), 4, replace=False)]
+    faces = sample_faces(args.source, 4)
     photos = {"1-face photo (320x320)": (photo(faces[:1], 1), 1), "4-face photo (480x480)": (photo(faces, 2), 4)}
     print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
           f"{torch.get_num_threads()} torch threads, branches "

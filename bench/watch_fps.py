@@ -15,7 +15,6 @@ detector's share timed apart on the same frames; model (branches + fusion head);
 (correlation trackers + IoU matching); annotate; encode; write (timeline and tracks files).
 """
 import argparse
-import glob
 import math
 import os
 import tempfile
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from predict_latency import sample_faces  # bench/ is on the path of a bench script
 from regions import landmarks
 from regions.pipeline import faces_in
 from watch.loop import FaceEstimator, Settings, Stopwatch, watch
@@ -83,9 +83,7 @@ def main(args):
     torch.set_num_threads(args.threads)
     estimator = FaceEstimator(args.model, threads=args.threads if args.side_by_side else None)
     model = estimator.model
-    files = sorted(glob.glob(os.path.join(args.source, "*.jpg")))
-    picks = np.random.default_rng(0).choice(len(files), 3, replace=False)
-    faces = [cv2.resize(cv2.imread(files[i]), (180, 180), interpolation=cv2.INTER_AREA) for i in picks]
+    faces = [cv2.resize(face, (180, 180), interpolation=cv2.INTER_AREA) for face in sample_faces(args.source, 3)]
     print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
           f"{torch.get_num_threads()} torch threads, branches "
           f"{'side by side' if estimator.pool else 'one after another'}, {cv2.getNumThreads()} OpenCV threads; {args.frames} frames "

@@ -24,7 +24,7 @@ from regions.command import run_command
 
 from .features import extract
 from .metrics import age_report, gender_report, interval_coverage
-from .model import CALIBRATION, load_fused
+from .model import in_calibration_half, load_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
     # the faces the interval was fitted on: the hashed half of the validation split of the
     # cache the model was trained on (another cache's faces were never seen)
     same_cache = args.cache and str(Path(args.cache).resolve()) == calibration.get("cache")
-    calibrated = ({r["id"] for r in rows if manifest.hashed_share(r["id"], 0.5, CALIBRATION)}
+    calibrated = ({r["id"] for r in rows if in_calibration_half(r["id"])}
                   if same_cache and split == "val" and calibration.get("split") == "val" else set())
     result, data, fused = evaluate_rows(model, cache, rows, calibrated)
     (out / "evaluation.json").write_text(json.dumps({"images": counts, "results": result,

@@ -20,6 +20,7 @@ from torch import nn
 
 from branches import create_model, load_branch
 from branches.backbones import fold_norms
+from regions.manifest import hashed_share
 
 
 class FusionHead(nn.Module):
@@ -141,7 +142,10 @@ def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) ->
 
 
 DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
-CALIBRATION = "calibration"  # the hash purpose of the validation half that fits the interval
+def in_calibration_half(image_id: str) -> bool:
+    """The half of a validation split that fits the interval's temperature (by a hash of the
+    id) when the branches kept no training faces back; the other half checks it."""
+    return hashed_share(str(image_id), 0.5, "calibration")
 
 
 def save_half(source: str | Path, target: str | Path) -> Path:

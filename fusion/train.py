@@ -27,12 +27,11 @@ import torch
 
 from branches.checkpoint import CheckpointError
 from branches.model import branch_loss
-from regions import manifest
 from regions.command import run_command
 
 from .features import split_features
 from .metrics import interval_coverage
-from .model import CALIBRATION, FusedModel, head_input, load_branches, save_fused
+from .model import FusedModel, head_input, in_calibration_half, load_branches, save_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -127,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     # interval is checked on validation faces the temperature was not fitted on
     calibrate_on = args.calibrate_on if args.calibrate_on != "auto" else "train" if holdout > 0 else "val"
     checked = np.ones(len(val["age"]), bool)
-    fitted = np.array([manifest.hashed_share(str(i), 0.5, CALIBRATION) for i in val["id"]])
+    fitted = np.array([in_calibration_half(i) for i in val["id"]]) if calibrate_on == "val" else checked
     if calibrate_on == "val" and not (fitted.any() and not fitted.all()):
         if args.calibrate_on == "val":
             raise SystemExit(f"error: --calibrate-on val needs at least two validation faces, one on each "

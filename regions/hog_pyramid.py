@@ -31,6 +31,11 @@ import numpy as np
 NEAR_LEVELS = 2  # levels 0-1 hold about as many pixels as levels 2 and up (1.69 vs 1.5)
 
 
+def box_of(rect) -> tuple[int, int, int, int]:
+    """A dlib rectangle as (left, top, right, bottom)."""
+    return (rect.left(), rect.top(), rect.right(), rect.bottom())
+
+
 def _read_int(data: bytes, at: int) -> tuple[int, int]:
     """dlib's integer: a byte with the length (low bits) and the sign (0x80), then the
     bytes, little-endian."""
@@ -56,6 +61,8 @@ class SplitDetector:
     def __init__(self, near, full, iou: float, covered: float):
         self.near, self.full = near, full  # dlib.fhog_object_detector each
         self.iou, self.covered = iou, covered
+        import dlib
+        self.pyramid = dlib.pyramid_down(6)
         self._pool, self._pid = None, None
 
     @property
@@ -79,8 +86,7 @@ class SplitDetector:
     def run(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
         """``(box, score)`` of each face, the highest score first (``upsample`` 0), for a
         C-contiguous grayscale or RGB uint8 image."""
-        import dlib
-        pyramid = dlib.pyramid_down(6)
+        pyramid = self.pyramid
 
         def far():
             small = image
@@ -101,7 +107,7 @@ class SplitDetector:
         found = list(zip(rects, scores)) + far_job.result()
         kept: list[tuple[tuple[int, int, int, int], float]] = []
         for rect, score in sorted(found, key=lambda rs: -rs[1]):
-            box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+            box = box_of(rect)
             if not any(self.overlap(box, other) for other, _ in kept):
                 kept.append((box, float(score)))
         return kept

@@ -99,12 +99,12 @@ def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0, 
         else:
             # run() also returns a confidence; plain __call__ would not
             rects, scores, _ = _hog_detector().run(image, upsample)
-            found = [(_box(r), s) for r, s in zip(rects, scores)]
+            found = [(hog_pyramid.box_of(r), s) for r, s in zip(rects, scores)]
     elif detector == "cnn":
         if image.ndim == 2:  # the MMOD network wants three channels
             image = np.repeat(image[:, :, None], 3, axis=2)
         detections = _cnn_detector(str(model_file("mmod_human_face_detector.dat")))(image, upsample)
-        found = [(_box(d.rect), d.confidence) for d in detections]
+        found = [(hog_pyramid.box_of(d.rect), d.confidence) for d in detections]
     else:
         raise ValueError(f"unknown detector {detector!r}; choose one of {DETECTORS}")
     height, width = image.shape[:2]
@@ -125,10 +125,6 @@ def whole_image_box(width: int, height: int, inset: float = 0.08) -> Box:
     margin, about where dlib's detector puts a face that fills the frame."""
     dx, dy = int(round(width * inset)), int(round(height * inset))
     return (dx, dy, width - 1 - dx, height - 1 - dy)
-
-
-def _box(rect) -> Box:
-    return (rect.left(), rect.top(), rect.right(), rect.bottom())
 
 
 def _clip(box: Box, width: int, height: int) -> Box:

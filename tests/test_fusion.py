@@ -12,7 +12,7 @@ from sklearn import metrics as sk
 
 from fusion import evaluate, export, metrics, predict
 from fusion.features import batch_inputs, read_crops
-from fusion.model import CALIBRATION, DEFAULT_MODEL, load_fused
+from fusion.model import DEFAULT_MODEL, load_fused
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
 
@@ -60,7 +60,7 @@ def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(s
     train_faces = [r for r in rows if r["split"] == "train" and r["status"] != "rejected"]
     summary = state["summary"]
     assert summary["fusion_holdout"] == 0.0 and summary["head_faces"] == len(train_faces)
-    fitted = [r for r in val if hashed_share(r["id"], 0.5, CALIBRATION)]
+    fitted = [r for r in val if hashed_share(r["id"], 0.5, "calibration")]
     assert summary["calibration"] == {"split": "val", "faces": len(fitted), "cache": str(sample_cache.resolve())}
     assert summary["interval_checked_faces"] == len(val) - len(fitted) > 0
     # agefuse-evaluate leaves the same faces out of its coverage figure

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import sample_files
 from regions import landmarks
-from regions.hog_pyramid import split_detector
+from regions.hog_pyramid import box_of, split_detector
 
 
 def photos():
@@ -36,7 +36,7 @@ def test_the_split_pyramid_finds_what_dlib_finds():
     compared = faces = 0
     for image in photos():
         rects, scores, _ = landmarks._hog_detector().run(image, 0)
-        expected = sorted(zip(scores, [landmarks._box(r) for r in rects]))
+        expected = sorted(zip(scores, [box_of(r) for r in rects]))
         found = sorted((score, box) for box, score in split.run(image))
         assert len(found) == len(expected)
         for (score, box), (want_score, want_box) in zip(found, expected):
