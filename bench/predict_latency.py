@@ -17,9 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from fusion.model import load_fused
-from fusion.predict import branch_pool, estimate
-from regions.pipeline import faces_in
+from fusion import branch_pool, crop_settings, estimate, load_fused
+from regions import faces_in
 
 
 def sample_faces(source: str, count: int) -> list[np.ndarray]:
@@ -41,7 +40,7 @@ def timed(model, image, upsample, repeats, pool, detect_threads):
     pipeline, network, found = [], [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        faces = faces_in(image, "hog", upsample, threads=detect_threads)
+        faces = faces_in(image, crop_settings(model, "hog", upsample), threads=detect_threads)
         middle = time.perf_counter()
         estimate(model, faces, pool)
         network.append(time.perf_counter() - middle)

@@ -27,7 +27,7 @@ import torch
 
 from predict_latency import sample_faces  # bench/ is on the path of a bench script
 from regions import landmarks
-from regions.pipeline import faces_in
+from regions import faces_in
 from watch.loop import FaceEstimator, Settings, Stopwatch, watch
 from watch.video import Outputs, open_source
 

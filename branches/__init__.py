@@ -4,10 +4,19 @@ Command: ``agefuse-train-branch --cache CACHE --region face --out RUN`` (``branc
 ``agefuse-augment-grid`` shows the declared augmentation.
 Reads: the cache's ``manifest.jsonl`` and crops. Writes: ``RUN/best.pt`` and ``RUN/last.pt``
 (see docs/formats.md), ``history.json``, ``learning_curve.png``.
-For the next stage: ``load_branch(path)`` rebuilds a trained branch from its checkpoint,
-``create_model(name, ...)`` builds a new one.
-"""
-from .checkpoint import load_branch
-from .model import create_model
 
-__all__ = ["create_model", "load_branch"]
+Offers to the next stage:
+- ``load_branch(path)``: a trained branch from its checkpoint; ``create_model(name, ...)``
+  a new one, ``name`` from the ``BACKBONES`` registry;
+- a branch's outputs by name: ``EMBEDDING`` (``model.embedding_dim`` wide), ``AGE``,
+  ``GENDER_LOGIT`` (``BRANCH_OUTPUTS``), and ``branch_loss`` over them;
+- ``BRANCH_REGIONS``: the branch regions and the cache crops each reads;
+- ``fold_norms(model)``: norms folded into convs, for inference.
+"""
+from .backbones import BACKBONES, fold_norms
+from .checkpoint import CheckpointError, load_branch
+from .data import BRANCH_REGIONS, UNKNOWN_GENDER, CacheError
+from .model import AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, GENDER_LOGIT, branch_loss, create_model
+
+__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "CacheError", "CheckpointError",
+           "EMBEDDING", "GENDER_LOGIT", "UNKNOWN_GENDER", "branch_loss", "create_model", "fold_norms", "load_branch"]

@@ -304,7 +304,7 @@ def fold_norms(model: nn.Module) -> nn.Module:
     order, which every backbone here also applies) by an Affine or an eval-mode BatchNorm2d
     takes the scale and offset into its own weights and bias, and the norm becomes an
     Identity: one pass over each feature map fewer. Outputs are unchanged up to float
-    rounding (``tests/test_backbones.py`` checks every backbone)."""
+    rounding (``tests/test_branches.py`` checks every backbone)."""
     for parent in list(model.modules()):
         children = list(parent.named_children())
         for (_, conv), (name, norm) in zip(children, children[1:]):

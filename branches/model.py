@@ -16,6 +16,11 @@ from .backbones import BACKBONES, build_backbone
 
 AGE_HEADS = ("dist", "reg")
 
+# What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
+# three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
+EMBEDDING, AGE, GENDER_LOGIT, AGE_LOGITS = "embedding", "age", "gender_logit", "age_logits"
+BRANCH_OUTPUTS = (EMBEDDING, AGE, GENDER_LOGIT)
+
 
 class BranchModel(nn.Module):
     def __init__(self, backbone: nn.Module, age_head: str = "dist", max_age: int = 100,
@@ -25,6 +30,7 @@ class BranchModel(nn.Module):
             raise ValueError(f"unknown age head {age_head!r}; choose one of {AGE_HEADS}")
         self.backbone = backbone
         self.age_head, self.max_age = age_head, max_age
+        self.embedding_dim = embedding_dim  # the width of EMBEDDING: what a fusion head sizes itself by
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255)
         self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
@@ -37,16 +43,18 @@ class BranchModel(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``images``: (N, 3, H, W) RGB, 0..255 (uint8 or float)."""
+        """``images``: (N, 3, H, W) RGB, 0..255 (uint8 or float). Returns ``EMBEDDING``
+        (N, embedding_dim), ``AGE`` (N,) in years, ``GENDER_LOGIT`` (N,) (> 0: female) and,
+        with the ``dist`` head, ``AGE_LOGITS`` (N, max_age + 1)."""
         x = ((images.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         embedding = self.embed(self.backbone(x))
-        out = {"embedding": embedding, "gender_logit": self.gender(embedding).squeeze(1)}
+        out = {EMBEDDING: embedding, GENDER_LOGIT: self.gender(embedding).squeeze(1)}
         if self.age_head == "dist":
             logits = self.age(embedding)
-            out["age_logits"] = logits
-            out["age"] = (logits.float().softmax(1) * self.ages).sum(1)
+            out[AGE_LOGITS] = logits
+            out[AGE] = (logits.float().softmax(1) * self.ages).sum(1)
         else:
-            out["age"] = self.age(embedding).squeeze(1).float() * 50.0 + 35.0  # centred on the data
+            out[AGE] = self.age(embedding).squeeze(1).float() * 50.0 + 35.0  # centred on the data
         return out
 
 
@@ -66,18 +74,18 @@ def branch_loss(out: dict[str, torch.Tensor], age: torch.Tensor, gender: torch.T
     """Total loss and its parts. ``gender`` < 0 marks an unknown gender (no gender loss).
 
     Ages above the head's ``max_age`` count as ``max_age`` (the head cannot say more)."""
-    l1 = F.l1_loss(out["age"], age.float())
-    if "age_logits" in out:
-        ages = torch.arange(out["age_logits"].shape[1], device=age.device, dtype=torch.float32)
+    l1 = F.l1_loss(out[AGE], age.float())
+    if AGE_LOGITS in out:
+        ages = torch.arange(out[AGE_LOGITS].shape[1], device=age.device, dtype=torch.float32)
         target = torch.exp(-0.5 * ((ages[None] - age.float().clamp(max=ages[-1])[:, None]) / sigma) ** 2)
         target = target / target.sum(1, keepdim=True)
-        soft_ce = -(target * out["age_logits"].float().log_softmax(1)).sum(1).mean()
+        soft_ce = -(target * out[AGE_LOGITS].float().log_softmax(1)).sum(1).mean()
         age_loss = soft_ce + 0.1 * l1
     else:
         age_loss = 0.1 * l1
     known = gender >= 0
-    gender_loss = (F.binary_cross_entropy_with_logits(out["gender_logit"][known].float(),
+    gender_loss = (F.binary_cross_entropy_with_logits(out[GENDER_LOGIT][known].float(),
                                                       gender[known].float())
-                   if known.any() else out["gender_logit"].sum() * 0)
+                   if known.any() else out[GENDER_LOGIT].sum() * 0)
     total = age_loss + gender_weight * gender_loss
     return total, {"age_l1": l1.detach(), "gender_bce": gender_loss.detach()}

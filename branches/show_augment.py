@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regions.command import run_command
+from agefuse.cli import run_command
 
 from . import augment
 from .data import BRANCH_REGIONS, CacheError, RegionDataset

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
 from bootstrap import RebalancedBootstrapSampler, StopRule
-from regions.command import run_command
+from agefuse.cli import device_name, float_in, int_at_least, run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
@@ -48,36 +48,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="small_cnn", choices=model_names())
     parser.add_argument("--age-head", default="dist", choices=AGE_HEADS,
                         help="dist: distribution over ages, its expectation; reg: one number")
-    parser.add_argument("--max-age", type=int, default=100, help="oldest age the head can say")
-    parser.add_argument("--embedding-dim", type=int, default=128, help="size of the embedding fusion reads")
+    parser.add_argument("--max-age", type=int_at_least(1), default=100, help="oldest age the head can say")
+    parser.add_argument("--embedding-dim", type=int_at_least(1), default=128, help="size of the embedding fusion reads")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="start from scratch even where packaged ImageNet weights exist")
     parser.add_argument("--weights", default=None, help="local weights file for the backbone")
-    parser.add_argument("--image-size", type=int, default=64, help="input side in pixels")
-    parser.add_argument("--fusion-holdout", type=float, default=0.0,
+    parser.add_argument("--image-size", type=int_at_least(16), default=64, help="input side in pixels (16 or more)")
+    parser.add_argument("--fusion-holdout", type=float_in(0, 0.9), default=0.0,
                         help="share of the training split kept from this branch for the fusion head "
                              "(the same faces for every branch: chosen by a hash of the id); 0 = none")
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule
-    parser.add_argument("--alpha", type=float, default=0.5,
+    parser.add_argument("--alpha", type=float_in(0, 1), default=0.5,
                         help="rebalancing: 0 plain bootstrap, 1 every age group equally likely")
-    parser.add_argument("--round-size", type=int, default=None,
+    parser.add_argument("--round-size", type=int_at_least(1), default=None,
                         help="draws per bootstrap round (default: the training split's size)")
-    parser.add_argument("--k", type=int, default=3, help="rounds the stop rule compares")
-    parser.add_argument("--epsilon", type=float, default=0.01,
+    parser.add_argument("--k", type=int_at_least(2), default=StopRule.k, help="rounds the stop rule compares")
+    parser.add_argument("--epsilon", type=float_in(0, 1, low_open=True), default=StopRule.epsilon,
                         help="stop when the last k validation losses differ by less than this (relative)")
-    parser.add_argument("--max-rounds", type=int, default=20)
+    parser.add_argument("--max-rounds", type=int_at_least(1), default=StopRule.max_rounds,
+                        help="bootstrap rounds at most: with the stop rule, what a recipe fixes")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="minutes: no new round starts that would end past this")
     # optimisation
-    parser.add_argument("--batch-size", type=int, default=64, help="per process")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="per process")
+    parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=2e-3, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float_in(0, 10), default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="data-loading processes (0 = in the loop)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workers", type=int_at_least(0), default=1, help="data-loading processes (0 = in the loop)")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     return parser
 

@@ -1,0 +1,20 @@
+"""fusion: the dense head over the branches, and everything that uses the fused model.
+
+Commands: ``agefuse-train-fusion`` (``fusion.train``), ``agefuse-evaluate``,
+``agefuse-predict``, ``agefuse-export``.
+Reads: the regions cache and each branch's ``best.pt``. Writes: ``FUSED/fused.pt`` (branches,
+head, the interval's temperature and the cache's crop settings in one file; docs/formats.md),
+evaluation tables and plots, predictions as JSON and annotated photos.
+
+Offers:
+- ``load_fused(path)``: the fused model (the installed one without a path), ``DEFAULT_MODEL``;
+- ``crop_settings(model, ...)``: how to find and crop faces the way the model learned them;
+- ``predict_faces(model, image)``: every face of a BGR photo with its estimates (the records
+  of agefuse-predict's JSON), and its parts: ``estimate`` (crops to outputs),
+  ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``.
+"""
+from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
+from .predict import branch_pool, crop_settings, draw_labelled_box, estimate, predict_faces
+
+__all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
+           "estimate", "load_fused", "predict_faces"]

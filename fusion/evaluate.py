@@ -12,6 +12,7 @@ Images where no face was found are counted and listed, never dropped silently.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -19,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regions import manifest
-from regions.command import run_command
+from regions import DETECTORS, manifest
+from agefuse.cli import run_command
 
 from .features import extract
 from .metrics import age_report, gender_report, interval_coverage
 from .model import in_calibration_half, load_fused
+from .predict import crop_settings
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -36,7 +38,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     source.add_argument("--images", help="a plain folder of labelled face images")
     parser.add_argument("--split", default="val", choices=[*manifest.SPLITS, "all"])
     parser.add_argument("--labels", default=None, help="with --images: CSV path,age[,gender]")
-    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="with --images")
+    parser.add_argument("--detector", default=None, choices=DETECTORS,
+                        help="with --images: the face detector (default: the one the model's training cache used)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="with --images: a face the detector misses is not evaluated (counted as no face)")
     parser.add_argument("--out", required=True)
@@ -44,11 +47,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_folder(args, model_state: dict, out: Path) -> Path:
-    """Run the regions stage on a plain folder, with the crop sizes the branches expect."""
+def prepare_folder(args, model, out: Path) -> Path:
+    """Run the regions stage on a plain folder, finding and cropping faces as the cache the
+    model learned from did (its detector, upsampling, fallback box and crop sizes), so the
+    branches see what agefuse-predict would give them."""
     from regions import cli as regions_cli
+    settings = crop_settings(model, args.detector, fallback=args.fallback)
     cache = out / "cache"
-    argv = [args.images, "--cache", str(cache), "--workers", str(args.workers), "--detector", args.detector]
+    # lossless crops: the faces are scored from exactly the pixels agefuse-predict would cut
+    argv = [args.images, "--cache", str(cache), "--workers", str(args.workers), "--detector", settings.detector,
+            "--upsample", str(settings.upsample), "--fallback-inset", str(settings.fallback_inset), "--ext", "png"]
+    for region, (width, height) in settings.sizes.items():
+        argv += [f"--{region.replace('_', '-')}-size", f"{width}x{height}"]
     if args.labels:
         argv += ["--labels", args.labels]
     if not args.fallback:
@@ -65,7 +75,8 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
     features, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     with torch.no_grad():
         out = model.predict(features, present)
-    fused = {"age": out["age"].numpy(), "gender_female": out["gender_female"].numpy()}
+    fused = {"age": out["age"].numpy(), "gender_female": out["gender_female"].numpy(),
+             "age_low": out["age_low"].numpy(), "age_high": out["age_high"].numpy()}
     result = {"fused": {**age_report(data["age"], fused["age"], data["race"]),
                         "gender": gender_report(data["gender"], fused["gender_female"]),
                         "interval_coverage": interval_coverage(data["age"][checked], out["age_low"].numpy()[checked],
@@ -74,10 +85,27 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
                         "interval_checked_faces": int(checked.sum())}}
     for i, region in enumerate(model.regions):
         have = data["present"][:, i]
-        result[region] = {**age_report(data["age"][have], data["features"][have, i, -2] * 100, data["race"][have]),
-                          "gender": gender_report(data["gender"][have],
-                                                  1 / (1 + np.exp(-data["features"][have, i, -1])))}
+        block = data["features"][have, i]
+        result[region] = {**age_report(data["age"][have], model.block.age(block), data["race"][have]),
+                          "gender": gender_report(data["gender"][have], 1 / (1 + np.exp(-model.block.gender_logit(block))))}
     return result, data, fused
+
+
+def write_predictions(path: Path, model, rows: list[dict], data: dict, fused: dict) -> None:
+    """One line per face: its label, the fused model's estimate (the fields of
+    agefuse-predict's records) and each branch's own age (empty where its crop is missing)."""
+    source = {r["id"]: r["source"] for r in rows}
+    branch_ages = model.block.age(data["features"])
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "source", "age", "predicted_age", "age_low", "age_high", "gender", "p_female",
+                         *(f"age_{region}" for region in model.regions)])
+        for i, image_id in enumerate(data["id"]):
+            gender = int(data["gender"][i])
+            writer.writerow([image_id, source[str(image_id)], f"{data['age'][i]:g}", f"{fused['age'][i]:.2f}",
+                             f"{fused['age_low'][i]:g}", f"{fused['age_high'][i]:g}",
+                             "" if gender < 0 else gender, f"{fused['gender_female'][i]:.4f}",
+                             *(f"{age:.2f}" if data["present"][i, r] else "" for r, age in enumerate(branch_ages[i]))])
 
 
 def markdown(result: dict, counts: dict) -> str:
@@ -152,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, state = load_fused(args.model)
-    cache = Path(args.cache) if args.cache else prepare_folder(args, state, out)
+    cache = Path(args.cache) if args.cache else prepare_folder(args, model, out)
     split = args.split if args.cache else "all"
     every = manifest.load(cache)
     chosen = [r for r in every if split == "all" or r["split"] == split]
@@ -174,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
     result, data, fused = evaluate_rows(model, cache, rows, calibrated)
     (out / "evaluation.json").write_text(json.dumps({"images": counts, "results": result,
                                                      "model": args.model, "source": str(cache), "split": split}, indent=1))
+    write_predictions(out / "predictions.csv", model, rows, data, fused)
     table = markdown(result, counts)
     (out / "evaluation.md").write_text(table)
     plots(data, fused, result, out)
@@ -185,7 +214,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"no face found: {row['source']} (not evaluated)")
     for line in unreadable:
         print(f"not evaluated: {line}")
-    print(f"wrote {out / 'evaluation.json'}, evaluation.md, predicted_vs_true.png, error_by_age.png, gender_confusion.png")
+    print(f"wrote {out / 'evaluation.json'}, evaluation.md, predictions.csv, predicted_vs_true.png, error_by_age.png, "
+          f"gender_confusion.png")
     return 0
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from branches.data import BRANCH_REGIONS
-from regions.command import run_command
+from branches import BRANCH_REGIONS
+from agefuse.cli import run_command
 
 from .model import FusedModel, load_fused
 

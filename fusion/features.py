@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from branches.data import BRANCH_REGIONS, UNKNOWN_GENDER
+from branches import BRANCH_REGIONS, UNKNOWN_GENDER
 from regions import manifest
 
 from .model import FusedModel

@@ -18,9 +18,32 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import create_model, load_branch
-from branches.backbones import fold_norms
+from branches import AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, create_model, fold_norms, load_branch
+from regions import Settings as CropSettings
 from regions.manifest import hashed_share
+
+
+class BranchBlock:
+    """One branch's block of the head's input, by name: ``EMBEDDING`` (``embedding_dim``
+    columns), then ``AGE`` / ``AGE_SCALE``, then ``GENDER_LOGIT``, averaged over the branch's
+    views. ``FusedModel.features`` packs it; whoever reads branch outputs back (evaluation,
+    the fusion summary) goes through ``age`` and ``gender_logit``, never a column number."""
+    AGE_SCALE = 100.0  # ages enter the head in hundreds of years, near the embedding's range
+
+    def __init__(self, embedding_dim: int):
+        self.embedding_dim = embedding_dim
+        self.columns = {EMBEDDING: slice(0, embedding_dim), AGE: embedding_dim, GENDER_LOGIT: embedding_dim + 1}
+        self.width = embedding_dim + 2
+
+    def pack(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([out[EMBEDDING], out[AGE][:, None] / self.AGE_SCALE, out[GENDER_LOGIT][:, None]], 1)
+
+    def age(self, features):
+        """Each branch's own age, in years, from (..., F) features."""
+        return features[..., self.columns[AGE]] * self.AGE_SCALE
+
+    def gender_logit(self, features):
+        return features[..., self.columns[GENDER_LOGIT]]
 
 
 class FusionHead(nn.Module):
@@ -44,13 +67,20 @@ def head_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 class FusedModel(nn.Module):
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = 100,
-                 interval: float = 0.8):
+                 interval: float = 0.8, crop_settings: CropSettings | None = None):
         super().__init__()
         self.regions = list(branches)
         self.branches = nn.ModuleList(branches[r] for r in self.regions)
         self.image_sizes = [image_sizes[r] for r in self.regions]
-        self.branch_features = branches[self.regions[0]].embed[1].out_features + 2
-        self.head = FusionHead(len(self.regions) * (self.branch_features + 1), max_age)
+        widths = {r: b.embedding_dim for r, b in branches.items()}
+        if len(set(widths.values())) > 1:
+            raise ValueError("the branches' embeddings differ in width (" + ", ".join(
+                f"{r} {w}" for r, w in widths.items()) + "): train them with one --embedding-dim")
+        self.block = BranchBlock(widths[self.regions[0]])
+        self.head = FusionHead(len(self.regions) * (self.block.width + 1), max_age)
+        # how the faces this model learned from were found and cropped: predict and watch
+        # cut theirs the same way (regions.faces_in)
+        self.crop_settings = crop_settings or CropSettings()
         self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
         self.register_buffer("temperature", torch.ones(()))
         self.interval = interval
@@ -62,21 +92,24 @@ class FusedModel(nn.Module):
         With a thread ``pool`` the branches run side by side. For a photo's few faces that
         is the faster way to use several cores: a batch-1 conv gains almost nothing from a
         second intra-op thread, two branches at once nearly halve the time."""
-        def block(branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        def block(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
             n, v = images.shape[:2]
-            out = branch(images.flatten(0, 1))
-            both = torch.cat([out["embedding"], out["age"][:, None] / 100.0, out["gender_logit"][:, None]], 1)
-            return both.view(n, v, -1).mean(1)
+            packed = self.block.pack(branch(images.flatten(0, 1)))
+            if packed.shape[1] != self.block.width:
+                raise ValueError(f"the {region} branch gives {packed.shape[1] - 2} embedding features, the "
+                                 f"fusion head was built for {self.block.embedding_dim}: its head changed; "
+                                 f"train the fusion head again over it")
+            return packed.view(n, v, -1).mean(1)
 
         if pool is None:
-            blocks = [block(branch, images) for branch, images in zip(self.branches, views)]
+            blocks = [block(*args) for args in zip(self.regions, self.branches, views)]
         else:
             inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
-            def in_caller_mode(branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+            def in_caller_mode(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
                 with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
-                    return block(branch, images)
-            blocks = list(pool.map(in_caller_mode, self.branches, views))
+                    return block(region, branch, images)
+            blocks = list(pool.map(in_caller_mode, self.regions, self.branches, views))
         return torch.stack(blocks, 1)
 
     @torch.no_grad()
@@ -113,7 +146,7 @@ class FusedModel(nn.Module):
                 "age_low": (cdf < tail).sum(1).float(),
                 "age_high": (cdf < 1.0 - tail).sum(1).float(),
                 "gender_female": torch.sigmoid(gender_logit),
-                "branch_ages": features[:, :, -2] * 100.0}
+                "branch_ages": self.block.age(features)}
 
     def forward(self, views: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """One tensor out (for export): columns age, age_low, age_high, P(female), then each
@@ -127,6 +160,8 @@ def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], d
     """Frozen branches from their checkpoints, keyed by region."""
     branches, args = {}, {}
     for region, path in paths.items():
+        if region not in BRANCH_REGIONS:
+            raise ValueError(f"unknown region {region!r}; choose from {', '.join(sorted(BRANCH_REGIONS))}")
         model, model_args = load_branch(path)
         if model_args["region"] != region:
             raise ValueError(f"{path} is a {model_args['region']} branch, given for {region}")
@@ -135,13 +170,29 @@ def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], d
 
 
 def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) -> None:
-    state = {"branch_args": branch_args, "model": model.state_dict(), "interval": model.interval, **extra}
+    state = {"branch_args": branch_args, "model": model.state_dict(), "interval": model.interval,
+             "crops": model.crop_settings.to_json(), **extra}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
+def check_shapes(model: FusedModel, weights: dict, path) -> None:
+    """Every tensor of the file fits the model, or an error naming the branch (or the head)
+    and the tensor: a branch whose head changed after the fusion head learned from it."""
+    expected = model.state_dict()
+    for key, value in weights.items():
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+            part = key.split(".")
+            where = f"the {model.regions[int(part[1])]} branch" if part[0] == "branches" else "the fusion head"
+            raise ValueError(f"{path}: {where} does not fit its settings ({'.'.join(part[2:] if part[0] == 'branches' else part)}"
+                             f" is {tuple(value.shape)} in the file, {tuple(expected[key].shape)} expected): was a "
+                             f"branch's head changed after the fusion head was trained?")
+
+
 DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
+
+
 def in_calibration_half(image_id: str) -> bool:
     """The half of a validation split that fits the interval's temperature (by a hash of the
     id) when the branches kept no training faces back; the other half checks it."""
@@ -176,8 +227,11 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
         raise ValueError(f"{path}: not an agefuse fused model")
     branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"], pretrained=False)
                 for region, a in state["branch_args"].items()}
+    # a model saved before crop settings were recorded was served with the defaults
+    crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
     model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
-                       interval=state["interval"])
+                       interval=state["interval"], crop_settings=crops)
+    check_shapes(model, state["model"], path)
     model.load_state_dict(state["model"])
     model = model.requires_grad_(False).eval()
     return (fold_norms(model) if fold else model).to(device), state

@@ -15,14 +15,15 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from regions.pipeline import decode, faces_in
-from regions.command import run_command
+from agefuse.cli import int_at_least, run_command
+from regions import DETECTORS, Settings, decode, faces_in
 
 from .features import batch_inputs
 from .model import FusedModel, load_fused
@@ -39,10 +40,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed "
                              "with agefuse; see the README for its figures and licence)")
     parser.add_argument("--out", default="predictions", help="folder for the JSON and annotated copies")
-    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
-    parser.add_argument("--upsample", type=int, default=0,
+    parser.add_argument("--detector", default=None, choices=DETECTORS,
+                        help="face detector (default: the one the model's training cache used)")
+    parser.add_argument("--upsample", type=int_at_least(0), default=None,
                         help="enlarge the photo this many times before detection: 1 finds faces down "
-                             "to about 40 px instead of 80, at about twice the detection time")
+                             "to about 40 px instead of 80, at about twice the detection time "
+                             "(default: as the model's training cache)")
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false")
@@ -71,13 +74,21 @@ def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | No
     return model.predict(model.features(inputs, pool), present)
 
 
+def crop_settings(model: FusedModel, detector: str | None = None, upsample: int | None = None,
+                  fallback: bool = False) -> Settings:
+    """How to find and crop faces for ``model``: as the cache it learned from did (its crop
+    sizes and framing), with the detector, upsampling and whole-image fallback asked here."""
+    asked = {"detector": detector, "upsample": upsample}
+    return replace(model.crop_settings, fallback=fallback, **{k: v for k, v in asked.items() if v is not None})
+
+
 @torch.inference_mode()
-def predict_faces(model: FusedModel, image: np.ndarray, detector: str = "hog", upsample: int = 0,
-                  fallback: bool = False, pool: ThreadPoolExecutor | None = None, threads: int = 1
-                  ) -> list[dict]:
-    """Every face of a BGR image with its estimates (``pool``: see ``branch_pool``; ``threads``
-    2 or more also shares the detection between two threads)."""
-    faces = faces_in(image, detector, upsample, fallback=fallback, threads=threads)
+def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None,
+                  pool: ThreadPoolExecutor | None = None, threads: int = 1) -> list[dict]:
+    """Every face of a BGR image with its estimates. ``settings``: how faces are found and
+    cropped (default: ``crop_settings(model)``); ``pool``: see ``branch_pool``; ``threads``
+    2 or more also shares the detection between two threads."""
+    faces = faces_in(image, settings or crop_settings(model), threads=threads)
     if not faces:
         return []
     out = estimate(model, faces, pool)
@@ -102,9 +113,11 @@ def draw_labelled_box(image: np.ndarray, box, label: str, female: bool) -> None:
     color = (60, 60, 230) if female else (230, 130, 40)
     cv2.rectangle(image, (left, top), (right, bottom), color, max(1, int(2 * scale)))
     (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+    # the strip stays inside the image: a face at the right edge gets its label moved left
+    x = max(0, min(left, image.shape[1] - w - 4))
     y = max(top, h + 4)
-    cv2.rectangle(image, (left, y - h - 4), (left + w + 4, y), color, -1)
-    cv2.putText(image, label, (left + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+    cv2.rectangle(image, (x, y - h - 4), (x + w + 4, y), color, -1)
+    cv2.putText(image, label, (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
                 cv2.LINE_AA)
 
 
@@ -122,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
     if args.trace == "yes" or args.trace == "auto" and len(args.photos) >= TRACE_FROM:
         model.trace_branches()
     pool = branch_pool(model, args.threads)
+    settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -133,8 +147,7 @@ def main(args: argparse.Namespace) -> int:
             failures += 1
             continue
         start = time.perf_counter()
-        faces = predict_faces(model, image, args.detector, args.upsample, args.whole_image_fallback, pool,
-                                  args.threads)
+        faces = predict_faces(model, image, settings, pool, args.threads)
         record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
         if not faces:
             record["message"] = "no face found"

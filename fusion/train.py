@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from branches.checkpoint import CheckpointError
-from branches.model import branch_loss
-from regions.command import run_command
+from branches import AGE, AGE_LOGITS, GENDER_LOGIT, CheckpointError, branch_loss
+from regions import read_settings
+from agefuse.cli import device_name, float_in, int_at_least, run_command
 
 from .features import split_features
 from .metrics import interval_coverage
@@ -42,12 +42,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
     parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
     parser.add_argument("--out", required=True, help="folder for fused.pt and the cached features")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--branch-dropout", type=float, default=0.15,
+    parser.add_argument("--epochs", type=int_at_least(1), default=40)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256)
+    parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3)
+    parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
-    parser.add_argument("--interval", type=float, default=0.8, help="coverage of the stated age interval")
+    parser.add_argument("--interval", type=float_in(0.05, 0.99), default=0.8, help="coverage of the stated age interval")
     parser.add_argument("--calibrate-on", choices=["auto", "train", "val"], default="auto",
                         help="faces that fit the interval's temperature. train: a share of the "
                              "held-out training faces (--calibration-share); val: half the validation "
@@ -55,10 +55,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "auto: train when the branches were trained with --fusion-holdout, else val "
                              "(a branch is over-confident on faces it fitted, so its own training faces "
                              "would give too narrow an interval)")
-    parser.add_argument("--calibration-share", type=float, default=0.1,
+    parser.add_argument("--calibration-share", type=float_in(0, 0.9, low_open=True), default=0.1,
                         help="with --calibrate-on train: share of the head's faces kept for the temperature")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda")
     return parser
 
 
@@ -82,7 +82,7 @@ def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
 
 def head_loss(model: FusedModel, features, present, age, gender) -> torch.Tensor:
     logits, gender_logit = model.head(head_input(features, present))
-    out = {"age_logits": logits, "age": (logits.softmax(1) * model.ages).sum(1), "gender_logit": gender_logit}
+    out = {AGE_LOGITS: logits, AGE: (logits.softmax(1) * model.ages).sum(1), GENDER_LOGIT: gender_logit}
     return branch_loss(out, age, gender)[0]
 
 
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     branches, branch_args = load_branches(paths)
     torch.manual_seed(args.seed)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
-                       interval=args.interval).to(device)
+                       interval=args.interval, crop_settings=read_settings(cache)).to(device)
     model.eval()
     holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
     if len(holdouts) > 1:
@@ -182,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
     coverage = interval_coverage(val["age"][checked], result["age_low"].cpu().numpy()[checked],
                                  result["age_high"].cpu().numpy()[checked])
     mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
-    branch_mae = {r: float(np.abs(val["features"][:, i, -2] * 100 - val["age"]).mean())
+    branch_mae = {r: float(np.abs(model.block.age(val["features"][:, i]) - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
                "head_faces": len(age),

@@ -22,9 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import crop, labels, manifest
-from .command import run_command
+from agefuse.cli import float_in, int_at_least, run_command
 from .landmarks import DETECTORS
-from .pipeline import Settings, is_complete, process_image, remove_stale_temporaries
+from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,26 +35,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--cache", required=True, help="output folder of crops and manifest")
     parser.add_argument("--labels", default=None,
                         help="CSV with columns path,age[,gender] instead of UTKFace names")
-    parser.add_argument("--detector", choices=DETECTORS, default="hog",
+    parser.add_argument("--detector", choices=DETECTORS, default=Settings.detector,
                         help="dlib HOG (fast) or dlib's MMOD CNN (robust to pose and light)")
-    parser.add_argument("--upsample", type=int, default=0,
+    parser.add_argument("--upsample", type=int_at_least(0), default=Settings.upsample,
                         help="times to enlarge the image before detection (finds smaller faces)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="reject images with no detected face instead of using the whole "
                              "image (the fallback suits already-cropped faces)")
-    parser.add_argument("--fallback-inset", type=float, default=0.08,
+    parser.add_argument("--fallback-inset", type=float_in(0, 0.45), default=Settings.fallback_inset,
                         help="margin of the whole-image fallback box, as a fraction of the side")
     for name in crop.CROP_NAMES:
         width, height = crop.DEFAULT_SIZES[name]
         parser.add_argument(f"--{name.replace('_', '-')}-size", type=crop.parse_size,
                             default=f"{width}x{height}", help=f"{name} crop size, N or WxH")
-    parser.add_argument("--ext", choices=["jpg", "png"], default="jpg", help="crop file format")
+    parser.add_argument("--ext", choices=sorted(ENCODINGS), default=Settings.ext, help="crop file format")
     parser.add_argument("--age-groups", default=manifest.DEFAULT_AGE_GROUPS,
                         help="contiguous age groups, the cache's top-level folders")
     parser.add_argument("--split", type=manifest.parse_split, default="80/10/10",
                         help="train/val/test proportions, stratified by age group")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
-    parser.add_argument("--workers", type=int, default=2, help="processes (1 = no pool)")
+    parser.add_argument("--seed", type=int, default=Settings.seed, help="seed of the split")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes (1 = no pool)")
     parser.add_argument("--shard", type=manifest.parse_shard, default="0/1",
                         help="process only share K of N (0-based); merge with agefuse-regions-merge")
     parser.add_argument("--limit", type=int, default=None,

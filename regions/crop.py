@@ -1,9 +1,16 @@
-"""Region crops from a face's 68 landmarks.
+"""Region crops of a face, from its detected box and its 68 landmarks.
 
-Every crop is one affine warp of the original image. The face is first aligned: rotated so
+``face_crops(image, box, landmarks, sizes)`` is the one definition of every crop: the cache
+writer, ``agefuse-predict``, ``agefuse-watch`` and ``agefuse-evaluate`` all call it, so a face
+gives the same pixels whichever command cut it.
+
+Every crop is one affine warp of the source image. The face is first aligned: rotated so
 the eye centres are level and scaled to a fixed inter-ocular distance. The part crops
 (eyes, mouth) are boxes around named landmark ranges *in that aligned frame*, so they are
-level too, and each is resampled once from the original (no crop of a crop).
+level too, and each is resampled once from the source (no crop of a crop). ``original`` is
+the detector's box, not the landmarks: a square around it in which the box fills a fixed
+share of the side, unrotated, the framing of an aligned-and-cropped face photo (a 200-px
+UTKFace chip), the same for a chip and for a face in a large photo.
 
 The 2x3 matrix of each crop maps original-image pixels to crop pixels; the manifest keeps
 it, so any later stage can carry a landmark into a crop.
@@ -18,7 +25,7 @@ import numpy as np
 
 from .landmarks import points
 
-ORIGINAL = "original"  # the source file, kept as it is
+ORIGINAL = "original"  # the face as a face-photo chip frames it (BoxFraming)
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,18 @@ class AlignedFace:
     eye_y: float = 0.40
 
 
-# Each region once, by the landmark names of ``regions.landmarks.LANDMARKS``.
+@dataclass(frozen=True)
+class BoxFraming:
+    """The detector's box, centred in a square whose side it fills ``fill`` of. 0.9 is
+    about where dlib's HOG box sits in a 200-px UTKFace chip, so a chip is framed nearly
+    as it comes, and a face in a photo the way a chip would frame it."""
+    fill: float = 0.9
+
+
+# Each region once, by the landmark names of ``regions.landmarks.LANDMARKS``: the registry
+# every command's region choices come from.
 REGIONS = {
+    ORIGINAL: BoxFraming(),
     "face": AlignedFace(),
     # an eye with its brow and the frown area between the brows
     "left_eye": PartRegion(("left_eye", "left_brow", "glabella"), margin=0.25),
@@ -47,8 +64,8 @@ REGIONS = {
     "mouth": PartRegion(("outer_lip", "nose_tip"), margin=0.35),
 }
 CROP_NAMES = tuple(REGIONS)
-DEFAULT_SIZES = {"face": (160, 160), "left_eye": (64, 64), "right_eye": (64, 64),
-                 "mouth": (80, 80)}
+DEFAULT_SIZES = {ORIGINAL: (200, 200), "face": (160, 160), "left_eye": (64, 64),
+                 "right_eye": (64, 64), "mouth": (80, 80)}
 
 
 def eye_centers(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +114,24 @@ def part_matrix(landmarks: np.ndarray, aligned: np.ndarray, part: PartRegion,
     return (crop @ np.vstack([aligned, [0, 0, 1]]))[:2]
 
 
-def region_matrices(landmarks: np.ndarray, sizes: dict[str, tuple[int, int]] | None = None
+def framing_matrix(box, size: tuple[int, int], framing: BoxFraming = BoxFraming()) -> np.ndarray:
+    """The 2x3 affine taking the image to a crop of ``size`` (w, h) framed on ``box``
+    (left, top, right, bottom): the box's centre in the middle, its longer side ``fill`` of
+    the crop's shorter one."""
+    left, top, right, bottom = box
+    side = max(right - left, bottom - top, 1) / framing.fill
+    scale = min(size) / side
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    return np.array([[scale, 0, size[0] / 2 - scale * cx], [0, scale, size[1] / 2 - scale * cy]])
+
+
+def region_matrices(box, landmarks: np.ndarray, sizes: dict[str, tuple[int, int]] | None = None
                     ) -> dict[str, np.ndarray]:
     """The affine of every region in ``REGIONS`` for one face."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     face = REGIONS["face"]
-    matrices = {"face": alignment_matrix(landmarks, sizes["face"], face)}
+    matrices = {ORIGINAL: framing_matrix(box, sizes[ORIGINAL], REGIONS[ORIGINAL]),
+                "face": alignment_matrix(landmarks, sizes["face"], face)}
     # parts are placed in an aligned frame of unit width, so their boxes do not depend on
     # the face crop's size
     unit = alignment_matrix(landmarks, (1, 1), face)
@@ -119,13 +148,14 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.nda
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def crop_regions(image: np.ndarray, landmarks: np.ndarray,
-                 sizes: dict[str, tuple[int, int]] | None = None
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{region: (crop, matrix)}`` for every region of one face."""
+def face_crops(image: np.ndarray, box, landmarks: np.ndarray,
+               sizes: dict[str, tuple[int, int]] | None = None
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{region: (crop, matrix)}`` for every region of one face: the one definition of the
+    crops, in the image's own channel order."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     return {name: (warp(image, matrix, sizes[name]), matrix)
-            for name, matrix in region_matrices(landmarks, sizes).items()}
+            for name, matrix in region_matrices(box, landmarks, sizes).items()}
 
 
 def parse_size(text: str) -> tuple[int, int]:

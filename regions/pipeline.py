@@ -5,6 +5,7 @@ It never raises for a bad image: the row says ``rejected`` and why.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +38,17 @@ class Settings:
 
     @classmethod
     def from_json(cls, data: dict) -> "Settings":
-        return cls(**{**data, "sizes": {k: tuple(v) for k, v in data["sizes"].items()},
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**{**known, "sizes": {**crop.DEFAULT_SIZES, **{k: tuple(v) for k, v in data["sizes"].items()}},
                       "split": tuple(data["split"])})
+
+
+def read_settings(cache: str | Path) -> Settings:
+    """The settings a cache's crops were made with (its ``cache.json``)."""
+    path = Path(cache) / manifest.SETTINGS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a regions cache (no {manifest.SETTINGS}); make one with agefuse-regions")
+    return Settings.from_json(json.loads(path.read_text()))
 
 
 def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
@@ -67,6 +77,33 @@ def perceptual_hash(gray: np.ndarray) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
+def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int | None = None
+           ) -> tuple[list[dict], int]:
+    """The faces of a BGR image, largest first, and how many the detector found: each a dict
+    of ``box``, ``score`` (None for the whole-image fallback), ``detector``, ``landmarks``,
+    and ``crops`` and ``matrices`` by region (BGR, from ``crop.face_crops``). ``limit``: crop
+    only that many faces. With ``settings.fallback``, an image with no detection is taken as
+    one pre-cropped face."""
+    height, width = image.shape[:2]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    found = landmarks.face_locations(
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if settings.detector == "cnn" else gray,
+        settings.detector, settings.upsample, threads)
+    detector = settings.detector
+    if not found and settings.fallback:
+        found = [(landmarks.whole_image_box(width, height, settings.fallback_inset), None)]
+        detector = "whole-image"
+    sizes = {name: tuple(size) for name, size in settings.sizes.items()}
+    faces = []
+    for box, score in found[:limit]:
+        points = landmarks.face_landmarks(gray, box)
+        cut = crop.face_crops(image, box, points, sizes)
+        faces.append({"box": tuple(map(int, box)), "score": score, "detector": detector, "landmarks": points,
+                      "crops": {name: pixels for name, (pixels, _) in cut.items()},
+                      "matrices": {name: matrix for name, (_, matrix) in cut.items()}})
+    return faces, 0 if detector == "whole-image" else len(found)
+
+
 def process_image(item: Item, group: str, cache: str, settings: Settings) -> dict:
     """Crops of one image written under ``cache``; returns its manifest row."""
     row = {"id": item.id, "source": item.path, "age": item.age, "gender": item.gender,
@@ -80,70 +117,36 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
                 else f"cannot read: {err.strerror or err}"}
 
     height, width = image.shape[:2]
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    found = landmarks.face_locations(
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if settings.detector == "cnn" else gray,
-        settings.detector, settings.upsample)
-    if found:
-        box, score = found[0]
-        status, detector = "ok", settings.detector
-    elif settings.fallback:
-        box, score = landmarks.whole_image_box(width, height, settings.fallback_inset), None
-        status, detector = "fallback", "whole-image"
-    else:
+    faces, count = detect(image, settings, limit=1)
+    if not faces:
         return {**row, "reason": f"no face found by the {settings.detector} detector",
                 "faces": 0, "width": width, "height": height}
-
-    points = landmarks.face_landmarks(gray, box)
-    sizes = {name: tuple(size) for name, size in settings.sizes.items()}
-    crops = {crop.ORIGINAL: crop_path(group, crop.ORIGINAL, item.id,
-                                      Path(item.path).suffix.lstrip(".").lower() or "jpg")}
-    matrices = {}
+    face = faces[0]
+    crops, matrices = {}, {}
     cache = Path(cache)
-    for name, (pixels, matrix) in crop.crop_regions(image, points, sizes).items():
+    for name, pixels in face["crops"].items():
         ok, encoded = cv2.imencode("." + settings.ext, pixels, ENCODINGS[settings.ext])
         if not ok:
             return {**row, "reason": f"could not encode the {name} crop"}
         crops[name] = crop_path(group, name, item.id, settings.ext)
-        matrices[name] = np.round(matrix, 6).tolist()
+        matrices[name] = np.round(face["matrices"][name], 6).tolist()
         _write(cache / crops[name], encoded.tobytes())
-    _write(cache / crops[crop.ORIGINAL], data)  # the source file's own bytes, not re-encoded
-    return {**row, "status": status, "detector": detector, "faces": len(found),
-            "score": None if score is None else round(score, 4), "box": list(map(int, box)),
-            "landmarks": np.round(points, 1).tolist(), "crops": crops, "matrices": matrices,
-            "phash": perceptual_hash(gray), "width": width, "height": height}
+    score = face["score"]
+    return {**row, "status": "fallback" if face["detector"] == "whole-image" else "ok",
+            "detector": face["detector"], "faces": count,
+            "score": None if score is None else round(score, 4), "box": list(face["box"]),
+            "landmarks": np.round(face["landmarks"], 1).tolist(), "crops": crops, "matrices": matrices,
+            "phash": perceptual_hash(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)), "width": width, "height": height}
 
 
-def faces_in(image: np.ndarray, detector: str = "hog", upsample: int = 0,
-             sizes: dict | None = None, fallback: bool = False, threads: int = 1) -> list[dict]:
-    """Every face of a BGR photo, in memory: ``box``, ``score``, ``landmarks`` and RGB
-    ``crops`` by region, ``original`` being the face's box widened to the framing of an
-    aligned-and-cropped face photo (as the UTKFace chips the original branch learns from).
-    With ``fallback``, a photo with no detection is taken as one pre-cropped face; ``threads``
-    as in ``landmarks.face_locations``."""
-    height, width = image.shape[:2]
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    found = landmarks.face_locations(rgb if detector == "cnn" else gray, detector, upsample, threads)
-    if not found and fallback:
-        found = [(landmarks.whole_image_box(width, height), None)]
-    faces = []
-    for box, score in found:
-        points = landmarks.face_landmarks(gray, box)
-        crops = {name: pixels for name, (pixels, _) in crop.crop_regions(rgb, points, sizes).items()}
-        crops[crop.ORIGINAL] = crop.warp(rgb, chip_matrix(box), (200, 200))
-        faces.append({"box": tuple(map(int, box)), "score": score, "landmarks": points, "crops": crops})
+def faces_in(image: np.ndarray, settings: Settings = Settings(fallback=False), threads: int = 1) -> list[dict]:
+    """Every face of a BGR photo, in memory, as ``detect`` gives them, with RGB ``crops``
+    (what the branches read): the crops a cache made with ``settings`` would hold for it.
+    ``threads`` as in ``landmarks.face_locations``."""
+    faces, _ = detect(image, settings, threads)
+    for face in faces:
+        face["crops"] = {name: cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) for name, pixels in face["crops"].items()}
     return faces
-
-
-def chip_matrix(box, size: int = 200, fill: float = 0.9) -> np.ndarray:
-    """Affine from a photo to a ``size`` square in which ``box`` fills ``fill`` of the side,
-    as dlib's box does in a 200-px UTKFace chip."""
-    left, top, right, bottom = box
-    side = max(right - left, bottom - top) / fill
-    scale = size / side
-    cx, cy = (left + right) / 2, (top + bottom) / 2
-    return np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]])
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import manifest
 from .labels import GENDERS, RACES
-from .command import run_command
+from agefuse.cli import run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

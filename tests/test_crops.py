@@ -1,4 +1,6 @@
 """Crops made by the real pipeline (real dlib, real sample faces)."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -57,10 +59,21 @@ def test_crops_have_the_configured_sizes_and_folders(hog_cache):
         for region, rel in row["crops"].items():
             assert rel.startswith(f"{row['age_group']}/{region}/{row['id']}.")
             image = cv2.imread(str(hog_cache / rel))
-            if region != crop.ORIGINAL:
-                assert image.shape[1::-1] == crop.DEFAULT_SIZES[region]
-        original = (hog_cache / row["crops"]["original"]).read_bytes()
-        assert original == open(row["source"], "rb").read(), "the original is kept byte for byte"
+            assert image.shape[1::-1] == crop.DEFAULT_SIZES[region]
+        assert Path(row["source"]).is_file(), "the source file stays readable through the manifest"
+
+
+def test_original_frames_the_detected_box_as_a_chip_does(hog_cache):
+    """``original`` is the box centred in a square it fills 0.9 of: a 200-px UTKFace chip
+    comes back nearly as it is, unrotated."""
+    for row in [r for r in manifest_rows(hog_cache) if r["status"] == "ok"][:10]:
+        matrix = np.array(row["matrices"]["original"])
+        left, top, right, bottom = row["box"]
+        corners = crop.transform(matrix, np.array([[left, top], [right, bottom]], float))
+        side = crop.DEFAULT_SIZES["original"][0]
+        assert matrix[0, 1] == matrix[1, 0] == 0, "no rotation"
+        assert max(corners[1] - corners[0]) == pytest.approx(0.9 * side, abs=0.5)
+        assert (corners[0] + corners[1]) / 2 == pytest.approx([side / 2, side / 2], abs=0.5)
 
 
 def test_sizes_are_configurable(tmp_path):

@@ -191,3 +191,15 @@ def test_predict_works_out_of_the_box_with_the_installed_model(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     errors = [abs(r["faces"][0]["age"] - int(Path(r["photo"]).name.split("_")[0])) for r in records if r["faces"]]
     assert len(errors) >= 10 and np.mean(errors) < 8, errors
+
+
+def test_the_label_of_a_face_at_the_photo_edge_stays_whole():
+    """The rightmost person of a 1280x886 group photo: the label strip moves left to fit."""
+    image = np.zeros((886, 1280, 3), np.uint8)
+    label = "34 (28-41) F 97%"
+    predict.draw_labelled_box(image, (1210, 300, 1279, 380), label, female=True)
+    scale = max(0.4, 886 / 600)
+    (width, height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
+    strip = np.all(image[300 - 2] == (60, 60, 230), axis=1) | np.all(image[300 - 2] == (255, 255, 255), axis=1)
+    columns = np.flatnonzero(strip)
+    assert columns.max() - columns.min() + 1 >= width + 4 and columns.max() <= 1279

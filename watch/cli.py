@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from regions.command import run_command
+from agefuse.cli import int_at_least, run_command
+from regions import DETECTORS
 
 from . import video
 from .tracks import AVERAGES
@@ -55,8 +56,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="detection rounds in a row without the face before its track is closed")
     parser.add_argument("--tracker", choices=["correlation", "hold"], default="correlation",
                         help="dlib's correlation tracker between detections, or hold the boxes still")
-    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
-    parser.add_argument("--upsample", type=int, default=0, help="finds faces down to 40 px instead of 80; slower")
+    parser.add_argument("--detector", default=None, choices=DETECTORS,
+                        help="face detector (default: the one the model's training cache used)")
+    parser.add_argument("--upsample", type=int_at_least(0), default=None,
+                        help="finds faces down to 40 px instead of 80; slower (default: as the model's cache)")
     parser.add_argument("--video", default="annotated.mp4", help="annotated video's name in OUT (.mp4 or .avi)")
     parser.add_argument("--no-video", dest="video", action="store_const", const=None,
                         help="write no annotated video (saves the drawing and encoding time)")

@@ -2,7 +2,7 @@
 
 Every ``every``-th frame is a detection frame: dlib finds the faces and their landmarks, the
 region crops are cut and the fused model estimates each face (``regions.faces_in``,
-``fusion.predict.estimate``: the same path as agefuse-predict).
+``fusion.estimate``: the same path as agefuse-predict).
 That is most of the cost (50-150 ms a frame on a 2-core CPU), so on the frames between,
 the faces are only followed, by dlib's correlation tracker: about 5 ms a face, it
 follows a face that moves or turns a little, where holding the last box (``--tracker hold``)
@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from fusion.model import load_fused
-from fusion.predict import branch_pool, estimate
-from regions.pipeline import faces_in
+from fusion import branch_pool, crop_settings, estimate, load_fused
+from regions import faces_in
 
 from .tracks import ENDED, INTERRUPTED, Box, Measurement, TrackSet
 from .video import Outputs, Source, annotate, read_frames
@@ -39,8 +38,8 @@ class Settings:
     max_misses: int = 2          # detection rounds in a row without the face before its track closes
     min_iou: float = 0.3         # overlap for a detection to continue a track
     tracker: str = "correlation"
-    detector: str = "hog"
-    upsample: int = 0
+    detector: str | None = None  # None: as the model's training cache
+    upsample: int | None = None
     max_frames: int | None = None
 
 
@@ -62,7 +61,7 @@ class Stopwatch:
 class FaceEstimator:
     """Faces of a frame with their estimates. The model loads on first use."""
 
-    def __init__(self, model_path: str | None, detector: str = "hog", upsample: int = 0,
+    def __init__(self, model_path: str | None, detector: str | None = None, upsample: int | None = None,
                  threads: int | None = None):
         self.model_path, self.detector, self.upsample, self.threads = model_path, detector, upsample, threads
         self._model, self.pool = None, None
@@ -77,8 +76,9 @@ class FaceEstimator:
         return self._model
 
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
+        settings = crop_settings(self.model, self.detector, self.upsample)
         with clock("faces"):  # detection, landmarks, crops
-            faces = faces_in(frame, self.detector, self.upsample, threads=self.threads or 1)
+            faces = faces_in(frame, settings, threads=self.threads or 1)
         if not faces:
             return []
         with clock("model"):

@@ -51,7 +51,7 @@ class ColorSpaceView(ImageOnlyTransform):
 
 
 DENOISERS = {
-    # milliseconds per 112-px crop on this project's CPU: bench/augment_cost.py
+    # their cost per crop on this project's CPU: bench/train_speed.py (nlmeans is too slow to train with)
     "median": lambda img, s: cv2.medianBlur(img, 3 if s < 2 else 5),
     "bilateral": lambda img, s: cv2.bilateralFilter(img, 5, 20 * s, 5),
     "nlmeans": lambda img, s: cv2.fastNlMeansDenoisingColored(img, None, 3 * s, 3 * s, 3, 9),

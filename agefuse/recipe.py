@@ -1,0 +1,138 @@
+"""Recipes: one TOML file per training configuration (``recipes/*.toml``).
+
+A recipe fixes every stage's settings, round counts included, so the same recipe and seed
+give the same model on any machine; nothing is planned from a speed probe. Its sections
+are the options of each stage's command, by their long names (``image-size`` or
+``image_size``), checked against that command's own parser, so a recipe can say nothing a
+command would not accept and a misspelt key is an error naming the file and the key:
+
+    name = "cpu-budget"          # a label for the results
+    seed = 0                     # every stage's --seed
+    device = "cpu"               # the branches' and the head's --device
+    budget_minutes = 60          # what the run is meant to fit in (reported, not enforced)
+
+    [regions]                    # agefuse-regions options
+    [branch]                     # agefuse-train-branch options shared by every branch
+    [branches.<region>]          # one table per branch, in training order: its own options
+    [fusion]                     # agefuse-train-fusion options
+    [ablation]                   # optional: region = "...", and options for its variants
+
+``bench/utk_accuracy.py --recipe FILE`` runs one; a run writes the resolved recipe and the
+git commit next to its results.
+"""
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "fusion", "ablation",
+             "description")
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    seed: int
+    device: str
+    budget_minutes: float | None
+    regions: dict = field(default_factory=dict)
+    branches: dict[str, dict] = field(default_factory=dict)  # region -> its options, shared ones merged in
+    fusion: dict = field(default_factory=dict)
+    ablation: dict = field(default_factory=dict)
+    description: str = ""
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "name": self.name, "seed": self.seed, "device": self.device,
+                "budget_minutes": self.budget_minutes, "regions": self.regions, "branches": self.branches,
+                "fusion": self.fusion, "ablation": self.ablation}
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from branches.train import get_args_parser as branch_parser
+    from fusion.train import get_args_parser as fusion_parser
+    from regions.cli import get_args_parser as regions_parser
+    return {"regions": regions_parser(), "branch": branch_parser(), "fusion": fusion_parser()}
+
+
+def _action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
+    dest = key.replace("-", "_")
+    wanted = "--" + key.replace("_", "-")
+    for action in parser._actions:
+        if action.option_strings and (wanted in action.option_strings or action.dest == dest):
+            return action
+    return None
+
+
+def to_argv(parser: argparse.ArgumentParser, options: dict, where: str) -> list[str]:
+    """Command-line arguments for ``options`` (a recipe table), each checked against the
+    command's parser: an unknown key or a value the option refuses is a ``ValueError``."""
+    argv = []
+    for key, value in options.items():
+        action = _action(parser, key)
+        if action is None:
+            raise ValueError(f"{where}: {key!r} is not an option of this stage")
+        flag = action.option_strings[-1]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: {key} is a switch: true or false, not {value!r}")
+            if value == isinstance(action, argparse._StoreTrueAction):
+                argv.append(flag)
+            continue
+        argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def check(parser: argparse.ArgumentParser, argv: list[str], where: str) -> argparse.Namespace:
+    """Parse ``argv`` as the command would, turning its usage error into a ``ValueError``."""
+    def refuse(message: str):
+        raise ValueError(f"{where}: {message}")
+    parser.error = refuse  # argparse would print usage and exit
+    return parser.parse_args(argv)
+
+
+def load(path: str | Path) -> Recipe:
+    """A recipe from its TOML file, every table checked against its stage's parser."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recipe here (see recipes/ for the shipped ones)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a TOML recipe ({err})") from None
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; a recipe holds {', '.join(TOP_LEVEL)}")
+    if not data.get("branches"):
+        raise ValueError(f"{path}: no [branches.<region>] table: a recipe trains at least one branch")
+    recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=int(data.get("seed", 0)),
+                    device=str(data.get("device", "auto")), budget_minutes=data.get("budget_minutes"),
+                    regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
+                    ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),
+                    branches={region: {**data.get("branch", {}), **options}
+                              for region, options in data["branches"].items()})
+    parsers = _parsers()
+    check(parsers["regions"], ["SOURCE", "--cache", "CACHE", *to_argv(parsers["regions"], recipe.regions,
+                                                                     f"{path} [regions]")], f"{path} [regions]")
+    for region, options in recipe.branches.items():
+        where = f"{path} [branches.{region}]"
+        check(parsers["branch"], ["--cache", "C", "--out", "O", "--region", region,
+                                  *to_argv(parsers["branch"], options, where)], where)
+    check(parsers["fusion"], ["--cache", "C", "--out", "O", *to_argv(parsers["fusion"], recipe.fusion,
+                                                                     f"{path} [fusion]")], f"{path} [fusion]")
+    if recipe.ablation:
+        where = f"{path} [ablation]"
+        region = recipe.ablation.get("region")
+        if region not in recipe.branches:
+            raise ValueError(f"{where}: region must name one of the recipe's branches ({', '.join(recipe.branches)})")
+        options = {k: v for k, v in recipe.ablation.items() if k != "region"}
+        check(parsers["branch"], ["--cache", "C", "--out", "O", "--region", region,
+                                  *to_argv(parsers["branch"], {**recipe.branches[region], **options}, where)], where)
+    return recipe
+
+
+def stage_argv(stage: str, options: dict) -> list[str]:
+    """The command-line options of ``stage`` (regions, branch, fusion) for a recipe table."""
+    return to_argv(_parsers()[stage], options, stage)
