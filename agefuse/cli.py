@@ -8,8 +8,10 @@ so a bad value is one usage line naming the option, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 
 def run_command(get_args_parser: Callable, main: Callable, errors: tuple[type[BaseException], ...] = ()) -> int:
@@ -54,3 +56,59 @@ def device_name(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda, cuda:N)")
     return text
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into: made when missing, refused when a file has that name."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise argparse.ArgumentTypeError(f"{text}: a part of this path is a file, not a folder")
+    return text
+
+
+def existing_file(text: str) -> str:
+    """A file to read, checked before any work."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file")
+    return text
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help, except for switches: "(default: True)" under
+    ``--no-fallback`` says the opposite of what the switch does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def json_text(data, indent: int | None = 1) -> str:
+    """JSON that every reader accepts: NaN and infinities (an undefined R², a metric over no
+    faces) become null, never the bare ``NaN`` Python writes by default."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+    return json.dumps(clean(data), indent=indent, allow_nan=False)
+
+
+def checked(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An option type from a parser that raises ``ValueError``: its message is the usage
+    line's (argparse would only say "invalid value")."""
+    def wrapped(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    wrapped.__name__ = getattr(parse, "__name__", "value")
+    return wrapped

@@ -51,10 +51,10 @@ class Recipe:
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from branches.train import get_args_parser as branch_parser
-    from fusion.train import get_args_parser as fusion_parser
-    from regions.cli import get_args_parser as regions_parser
-    return {"regions": regions_parser(), "branch": branch_parser(), "fusion": fusion_parser()}
+    from branches import train_branch_parser
+    from fusion import train_fusion_parser
+    from regions import regions_parser
+    return {"regions": regions_parser(), "branch": train_branch_parser(), "fusion": train_fusion_parser()}
 
 
 def _action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:

@@ -45,7 +45,9 @@ class RebalancedBootstrapSampler(Sampler[int]):
     are disjoint and together are the whole round.
     """
 
-    def __init__(self, groups: Sequence[str], alpha: float = 0.5, seed: int = 0,
+    ALPHA = 0.5  # the default rebalancing: halfway from the data's shares to uniform
+
+    def __init__(self, groups: Sequence[str], alpha: float = ALPHA, seed: int = 0,
                  round_size: int | None = None, rank: int = 0, world_size: int = 1):
         if len(groups) == 0:
             raise ValueError("the sampler needs at least one item")

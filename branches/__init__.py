@@ -11,12 +11,23 @@ Offers to the next stage:
 - a branch's outputs by name: ``EMBEDDING`` (``model.embedding_dim`` wide), ``AGE``,
   ``GENDER_LOGIT`` (``BRANCH_OUTPUTS``), and ``branch_loss`` over them;
 - ``BRANCH_REGIONS``: the branch regions and the cache crops each reads;
-- ``fold_norms(model)``: norms folded into convs, for inference.
+- ``fold_norms(model)``: norms folded into convs, for inference;
+- ``train_branch_parser()``: the agefuse-train-branch parser (recipes check their options on it).
 """
 from .backbones import BACKBONES, fold_norms
-from .checkpoint import CheckpointError, load_branch
+from .checkpoint import CheckpointError, load_branch, read_torch_file
 from .data import BRANCH_REGIONS, UNKNOWN_GENDER, CacheError
-from .model import AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, GENDER_LOGIT, branch_loss, create_model
+from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, MAX_AGE, branch_loss,
+                    create_model)
+
+
+
+def train_branch_parser():
+    """The agefuse-train-branch parser (imported on call: ``python -m branches.train`` runs it)."""
+    from .train import get_args_parser
+    return get_args_parser()
+
 
 __all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "CacheError", "CheckpointError",
-           "EMBEDDING", "GENDER_LOGIT", "UNKNOWN_GENDER", "branch_loss", "create_model", "fold_norms", "load_branch"]
+           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "MAX_AGE", "UNKNOWN_GENDER", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
+           "train_branch_parser"]

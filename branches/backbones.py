@@ -269,8 +269,11 @@ def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found (nothing is downloaded; "
                                 f"give a local file or train from scratch)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import read_torch_file  # here: checkpoint imports the models, which import this
+    state = read_torch_file(path, "weights file")
     state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a weights file (no tensors by name)")
     own_dtype = next(iter(model.state_dict().values())).dtype  # shipped weights may be half
     state = {k.removeprefix("module."): v.to(own_dtype) if v.is_floating_point() else v for k, v in state.items()
              if not k.removeprefix("module.").startswith(drop_prefixes)}

@@ -30,15 +30,25 @@ def save_checkpoint(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint whole
 
 
+def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):
+    """The contents of a torch file a user handed us, read with ``weights_only=True`` so
+    nothing in it runs; a file that is not one (random bytes, a pickle with code in it) is a
+    ``CheckpointError`` of one line naming it, not torch's traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged or foreign file
+        text = str(err).strip()
+        reason = text.splitlines()[0][:160] if text else type(err).__name__
+        if "weights_only" in text or "Unsupported global" in text:
+            reason = "it holds Python objects other than tensors, which are never loaded"
+        raise CheckpointError(f"{path}: not a readable {what} ({reason})") from None
+
+
 def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a damaged or foreign file
-        raise CheckpointError(f"{path}: not a readable agefuse checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]})") from None
+    state = read_torch_file(path)
     if not isinstance(state, dict) or "model_args" not in state:
         raise CheckpointError(f"{path}: not an agefuse branch checkpoint (no model_args)")
     if expected_model_args is not None and state["model_args"] != expected_model_args:

@@ -15,6 +15,8 @@ from torch import nn
 from .backbones import BACKBONES, build_backbone
 
 AGE_HEADS = ("dist", "reg")
+# the defaults of every branch, named once: the training command and the factory refer here
+AGE_HEAD, MAX_AGE, EMBEDDING_DIM = "dist", 100, 128
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
@@ -23,8 +25,8 @@ BRANCH_OUTPUTS = (EMBEDDING, AGE, GENDER_LOGIT)
 
 
 class BranchModel(nn.Module):
-    def __init__(self, backbone: nn.Module, age_head: str = "dist", max_age: int = 100,
-                 embedding_dim: int = 128, dropout: float = 0.2):
+    def __init__(self, backbone: nn.Module, age_head: str = AGE_HEAD, max_age: int = MAX_AGE,
+                 embedding_dim: int = EMBEDDING_DIM, dropout: float = 0.2):
         super().__init__()
         if age_head not in AGE_HEADS:
             raise ValueError(f"unknown age head {age_head!r}; choose one of {AGE_HEADS}")
@@ -58,7 +60,7 @@ class BranchModel(nn.Module):
         return out
 
 
-def create_model(name: str, age_head: str = "dist", max_age: int = 100, embedding_dim: int = 128,
+def create_model(name: str, age_head: str = AGE_HEAD, max_age: int = MAX_AGE, embedding_dim: int = EMBEDDING_DIM,
                  pretrained: bool = True, weights: str | None = None) -> BranchModel:
     """The one factory: ``name`` is a key of ``BACKBONES``."""
     return BranchModel(build_backbone(name, pretrained=pretrained, weights=weights),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agefuse.cli import run_command
+from agefuse.cli import HelpFormatter, output_folder, run_command
 
 from . import augment
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
@@ -19,9 +19,9 @@ from .data import BRANCH_REGIONS, CacheError, RegionDataset
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PNG grids of augmented samples, one per region.",
-                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--cache", required=True)
-    parser.add_argument("--out", required=True, help="folder for augment_<region>.png")
+    parser.add_argument("--out", required=True, type=output_folder, help="folder for augment_<region>.png")
     parser.add_argument("--regions", default="face,eyes,mouth,original",
                         help=f"comma-separated, of {sorted(BRANCH_REGIONS)}")
     parser.add_argument("--aug", default="default", help="none, default, or a .json config")

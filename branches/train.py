@@ -30,29 +30,29 @@ from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
 from bootstrap import RebalancedBootstrapSampler, StopRule
-from agefuse.cli import device_name, float_in, int_at_least, run_command
+from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder, run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
-from .model import AGE_HEADS, branch_loss, create_model, model_names
+from .model import AGE_HEAD, AGE_HEADS, EMBEDDING_DIM, MAX_AGE, branch_loss, create_model, model_names
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train one region's CNN branch.", add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--cache", required=True, help="a cache written by agefuse-regions")
     parser.add_argument("--region", required=True, choices=sorted(BRANCH_REGIONS))
-    parser.add_argument("--out", required=True, help="run folder: checkpoints, history, plots")
+    parser.add_argument("--out", required=True, type=output_folder, help="run folder: checkpoints, history, plots")
     # model
     parser.add_argument("--model", default="small_cnn", choices=model_names())
-    parser.add_argument("--age-head", default="dist", choices=AGE_HEADS,
+    parser.add_argument("--age-head", default=AGE_HEAD, choices=AGE_HEADS,
                         help="dist: distribution over ages, its expectation; reg: one number")
-    parser.add_argument("--max-age", type=int_at_least(1), default=100, help="oldest age the head can say")
-    parser.add_argument("--embedding-dim", type=int_at_least(1), default=128, help="size of the embedding fusion reads")
+    parser.add_argument("--max-age", type=int_at_least(1), default=MAX_AGE, help="oldest age the head can say")
+    parser.add_argument("--embedding-dim", type=int_at_least(1), default=EMBEDDING_DIM, help="size of the embedding fusion reads")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="start from scratch even where packaged ImageNet weights exist")
-    parser.add_argument("--weights", default=None, help="local weights file for the backbone")
+    parser.add_argument("--weights", default=None, type=existing_file, help="local weights file for the backbone")
     parser.add_argument("--image-size", type=int_at_least(16), default=64, help="input side in pixels (16 or more)")
     parser.add_argument("--fusion-holdout", type=float_in(0, 0.9), default=0.0,
                         help="share of the training split kept from this branch for the fusion head "
@@ -60,7 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule
-    parser.add_argument("--alpha", type=float_in(0, 1), default=0.5,
+    parser.add_argument("--alpha", type=float_in(0, 1), default=RebalancedBootstrapSampler.ALPHA,
                         help="rebalancing: 0 plain bootstrap, 1 every age group equally likely")
     parser.add_argument("--round-size", type=int_at_least(1), default=None,
                         help="draws per bootstrap round (default: the training split's size)")
@@ -194,14 +194,14 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
     log = print if is_main else (lambda *a, **k: None)
 
     # data
     pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
     train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, args.fusion_holdout)
     val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
+    if is_main:  # only now: a bad cache or augmentation file leaves no run folder behind
+        out.mkdir(parents=True, exist_ok=True)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed,
                                          args.round_size, rank=rank, world_size=world)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
@@ -274,7 +274,7 @@ def main(args: argparse.Namespace) -> int:
             save_checkpoint(state, out / "last.pt")
             if stop.improved:
                 save_checkpoint(state, out / "best.pt")
-            (out / "history.json").write_text(json.dumps(history, indent=1))
+            (out / "history.json").write_text(json_text(history))
             plot_learning_curve(history, out / "learning_curve.png", title=f"{args.region} branch ({args.model})")
         elapsed = (time.perf_counter() - started) / 60
         per_round = elapsed / (round_index - start_round + 1)

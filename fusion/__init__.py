@@ -11,10 +11,29 @@ Offers:
 - ``crop_settings(model, ...)``: how to find and crop faces the way the model learned them;
 - ``predict_faces(model, image)``: every face of a BGR photo with its estimates (the records
   of agefuse-predict's JSON), and its parts: ``estimate`` (crops to outputs),
-  ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``.
+  ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
+- ``train_fusion_parser()``: the agefuse-train-fusion parser (recipes check their options on it).
 """
+import importlib
+
 from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
-from .predict import branch_pool, crop_settings, draw_labelled_box, estimate, predict_faces
+
+# the commands' modules load on first use, so ``python -m fusion.predict`` (or train) does
+# not find itself imported already
+_FROM_PREDICT = ("branch_pool", "crop_settings", "draw_labelled_box", "estimate", "predict_faces")
+
+
+def __getattr__(name: str):
+    if name in _FROM_PREDICT:
+        return getattr(importlib.import_module(".predict", __name__), name)
+    raise AttributeError(f"module 'fusion' has no attribute {name!r}")
+
+
+def train_fusion_parser():
+    """The agefuse-train-fusion parser."""
+    from .train import get_args_parser
+    return get_args_parser()
+
 
 __all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "load_fused", "predict_faces"]
+           "estimate", "load_fused", "predict_faces", "train_fusion_parser"]

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from regions import DETECTORS, manifest
-from agefuse.cli import run_command
+from regions import DETECTORS, build_cache, manifest
+from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
 
 from .features import extract
 from .metrics import age_report, gender_report, interval_coverage
@@ -31,19 +30,19 @@ from .predict import crop_settings
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate the fused model and each branch alone.",
-                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+                                     add_help=add_help, formatter_class=HelpFormatter)
+    parser.add_argument("--model", required=True, type=existing_file, help="fused.pt from agefuse-train-fusion")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cache", help="a regions cache; evaluate its --split")
     source.add_argument("--images", help="a plain folder of labelled face images")
     parser.add_argument("--split", default="val", choices=[*manifest.SPLITS, "all"])
-    parser.add_argument("--labels", default=None, help="with --images: CSV path,age[,gender]")
+    parser.add_argument("--labels", default=None, type=existing_file, help="with --images: CSV path,age[,gender]")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="with --images: the face detector (default: the one the model's training cache used)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="with --images: a face the detector misses is not evaluated (counted as no face)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", required=True, type=output_folder, help="folder for the tables, plots and predictions.csv")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="with --images: processes for the regions stage")
     return parser
 
 
@@ -51,7 +50,6 @@ def prepare_folder(args, model, out: Path) -> Path:
     """Run the regions stage on a plain folder, finding and cropping faces as the cache the
     model learned from did (its detector, upsampling, fallback box and crop sizes), so the
     branches see what agefuse-predict would give them."""
-    from regions import cli as regions_cli
     settings = crop_settings(model, args.detector, fallback=args.fallback)
     cache = out / "cache"
     # lossless crops: the faces are scored from exactly the pixels agefuse-predict would cut
@@ -63,7 +61,7 @@ def prepare_folder(args, model, out: Path) -> Path:
         argv += ["--labels", args.labels]
     if not args.fallback:
         argv.append("--no-fallback")
-    regions_cli.main(regions_cli.get_args_parser().parse_args(argv))
+    build_cache(argv)
     return cache
 
 
@@ -200,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
     calibrated = ({r["id"] for r in rows if in_calibration_half(r["id"])}
                   if same_cache and split == "val" and calibration.get("split") == "val" else set())
     result, data, fused = evaluate_rows(model, cache, rows, calibrated)
-    (out / "evaluation.json").write_text(json.dumps({"images": counts, "results": result,
+    (out / "evaluation.json").write_text(json_text({"images": counts, "results": result,
                                                      "model": args.model, "source": str(cache), "split": split}, indent=1))
     write_predictions(out / "predictions.csv", model, rows, data, fused)
     table = markdown(result, counts)

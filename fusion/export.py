@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 
 from branches import BRANCH_REGIONS
-from agefuse.cli import run_command
+from agefuse.cli import HelpFormatter, existing_file, run_command
 
 from .model import FusedModel, load_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export the fused model with torch.export (.pt2).", add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="fused.pt from agefuse-train-fusion")
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--model", required=True, type=existing_file, help="fused.pt from agefuse-train-fusion")
     parser.add_argument("--out", required=True, help="the .pt2 file to write")
     return parser
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, create_model, fold_norms, load_branch
+from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, create_model, fold_norms, load_branch,
+                      read_torch_file)
 from regions import Settings as CropSettings
 from regions.manifest import hashed_share
 
@@ -47,7 +48,7 @@ class BranchBlock:
 
 
 class FusionHead(nn.Module):
-    def __init__(self, in_features: int, max_age: int = 100, hidden: int = 256, dropout: float = 0.3):
+    def __init__(self, in_features: int, max_age: int = MAX_AGE, hidden: int = 256, dropout: float = 0.3):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True))
@@ -66,8 +67,10 @@ def head_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 
 class FusedModel(nn.Module):
-    def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = 100,
-                 interval: float = 0.8, crop_settings: CropSettings | None = None):
+    INTERVAL = 0.8  # the stated age interval's coverage, unless agefuse-train-fusion --interval says
+
+    def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
+                 interval: float = INTERVAL, crop_settings: CropSettings | None = None):
         super().__init__()
         self.regions = list(branches)
         self.branches = nn.ModuleList(branches[r] for r in self.regions)
@@ -203,7 +206,7 @@ def save_half(source: str | Path, target: str | Path) -> Path:
     """A copy of a fused model with its weights in half precision (half the bytes; the
     small buffers, such as the input normalisation, stay exact). ``load_fused`` reads it
     back into float32."""
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = read_torch_file(source, "agefuse model")
     state["model"] = {k: v.half() if v.is_floating_point() and v.numel() > 512 else v
                       for k, v in state["model"].items()}
     state["precision"] = "float16"
@@ -222,8 +225,8 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no fused model here (train one with agefuse-train-fusion)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "branch_args" not in state:
+    state = read_torch_file(path, "agefuse model")
+    if not isinstance(state, dict) or "branch_args" not in state:
         raise ValueError(f"{path}: not an agefuse fused model")
     branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"], pretrained=False)
                 for region, a in state["branch_args"].items()}

@@ -10,7 +10,6 @@ the reason and the others go on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,8 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from agefuse.cli import int_at_least, run_command
-from regions import DETECTORS, Settings, decode, faces_in
+from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
+from regions import DETECTORS, Settings, decode, faces_in, read_image_file
 
 from .features import batch_inputs
 from .model import FusedModel, load_fused
@@ -34,12 +33,12 @@ TRACE_FROM = 300  # photos: where ~1.4 s of tracing is won back at a few ms a fa
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Age and gender of every face in photos.", add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("photos", nargs="+", help="image files")
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", default=None, type=existing_file,
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed "
                              "with agefuse; see the README for its figures and licence)")
-    parser.add_argument("--out", default="predictions", help="folder for the JSON and annotated copies")
+    parser.add_argument("--out", default="predictions", type=output_folder, help="folder for the JSON and annotated copies")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="face detector (default: the one the model's training cache used)")
     parser.add_argument("--upsample", type=int_at_least(0), default=None,
@@ -49,7 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores to use: the detection shares its image pyramid between two, the "
                              "branches run side by side, one core each")
     parser.add_argument("--trace", choices=["auto", "yes", "no"], default="auto",
@@ -139,9 +138,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for photo in args.photos:
+    for photo, stem in zip(args.photos, output_names(args.photos)):
         try:
-            image = decode(Path(photo).read_bytes())
+            image = decode(read_image_file(photo))
         except (OSError, ValueError) as err:
             print(f"{photo}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
             failures += 1
@@ -151,12 +150,29 @@ def main(args: argparse.Namespace) -> int:
         record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
         if not faces:
             record["message"] = "no face found"
-        stem = Path(photo).name
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        (out / f"{stem}.json").write_text(json_text(record))
         if args.annotate:
             cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
-        print(json.dumps(record))
-    return 1 if failures == len(args.photos) else 0
+        print(json_text(record, indent=None))
+    if failures:
+        print(f"{failures} of {len(args.photos)} photos could not be read (named above)", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def output_names(photos: list[str]) -> list[str]:
+    """A distinct output name per photo: its file name, and where two photos share one
+    (d1/photo.jpg, d2/photo.jpg) the later ones get -2, -3, ... before the extension."""
+    names, seen = [], set()
+    for photo in photos:
+        name = Path(photo).name
+        stem, suffix = name.split(".", 1) if "." in name else (name, "")
+        count, candidate = 1, name
+        while candidate in seen:
+            count += 1
+            candidate = f"{stem}-{count}" + (f".{suffix}" if suffix else "")
+        seen.add(candidate)
+        names.append(candidate)
+    return names
 
 
 def run() -> int:

@@ -18,7 +18,6 @@ Writes ``OUT/fused.pt``: branches and head in one file, all ``agefuse-evaluate``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 from branches import AGE, AGE_LOGITS, GENDER_LOGIT, CheckpointError, branch_loss
 from regions import read_settings
-from agefuse.cli import device_name, float_in, int_at_least, run_command
+from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
 from .features import split_features
 from .metrics import interval_coverage
@@ -36,18 +35,19 @@ from .model import FusedModel, head_input, in_calibration_half, load_branches, s
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the dense fusion head over frozen branches.",
-                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--cache", required=True, help="the regions cache the branches trained on")
     parser.add_argument("--branches", default="face,eyes,mouth,original",
                         help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
     parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
-    parser.add_argument("--out", required=True, help="folder for fused.pt and the cached features")
+    parser.add_argument("--out", required=True, type=output_folder, help="folder for fused.pt and the cached features")
     parser.add_argument("--epochs", type=int_at_least(1), default=40)
     parser.add_argument("--batch-size", type=int_at_least(1), default=256)
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3)
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
-    parser.add_argument("--interval", type=float_in(0.05, 0.99), default=0.8, help="coverage of the stated age interval")
+    parser.add_argument("--interval", type=float_in(0.05, 0.99), default=FusedModel.INTERVAL,
+                        help="coverage of the stated age interval")
     parser.add_argument("--calibrate-on", choices=["auto", "train", "val"], default="auto",
                         help="faces that fit the interval's temperature. train: a share of the "
                              "held-out training faces (--calibration-share); val: half the validation "
@@ -191,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
                "branches": {r: str(p) for r, p in paths.items()}}
     save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})
-    (out / "fusion.json").write_text(json.dumps(summary, indent=1))
+    (out / "fusion.json").write_text(json_text(summary))
     print(f"fused val MAE {mae:.2f} (branches alone: " + ", ".join(f"{r} {m:.2f}" for r, m in branch_mae.items())
           + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of "
           + f"{'the other half of the ' if calibrate_on == 'val' else ''}validation faces"

@@ -12,12 +12,30 @@ Offers to the later stages:
 - ``Settings`` (how a cache finds and crops faces) and ``read_settings(cache)``;
 - ``faces_in(image, settings)``: every face of a photo with the crops a cache made with
   ``settings`` would hold (``face_crops`` is the one definition of those crops);
-- ``decode(data)``: image bytes to pixels, with a reason when it cannot.
+- ``read_image_file(path)`` and ``decode(data)``: an image file's bytes (a regular file,
+  within a byte limit) and its pixels (within a pixel limit), with a reason when they cannot;
+- ``build_cache(argv)``: the agefuse-regions command run in-process (``regions_parser()``
+  is its parser, for whoever checks options before running it).
 """
 from . import manifest
 from .crop import ORIGINAL, REGIONS, face_crops, parse_size
 from .landmarks import DETECTORS
-from .pipeline import Settings, decode, faces_in, read_settings
+from .pipeline import Settings, decode, faces_in, read_image_file, read_settings
 
-__all__ = ["DETECTORS", "ORIGINAL", "REGIONS", "Settings", "decode", "face_crops", "faces_in", "manifest",
-           "parse_size", "read_settings"]
+
+# the command's module is imported on call, so ``python -m regions.cli`` does not find it
+# imported already
+def regions_parser():
+    """The agefuse-regions parser."""
+    from .cli import get_args_parser
+    return get_args_parser()
+
+
+def build_cache(argv: list[str]) -> int:
+    """``agefuse-regions ARGV`` in this process: returns its exit status."""
+    from .cli import main
+    return main(regions_parser().parse_args(argv))
+
+
+__all__ = ["DETECTORS", "ORIGINAL", "REGIONS", "Settings", "build_cache", "decode", "face_crops", "faces_in",
+           "manifest", "parse_size", "read_image_file", "read_settings", "regions_parser"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import crop, labels, manifest
-from agefuse.cli import float_in, int_at_least, run_command
+from agefuse.cli import HelpFormatter, checked, float_in, int_at_least, json_text, output_folder, run_command
 from .landmarks import DETECTORS
 from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
 
@@ -30,9 +30,9 @@ from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_st
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Detect faces and landmarks, crop the regions, cache them by age group.",
-        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("source", help="folder of face images (UTKFace names give the labels)")
-    parser.add_argument("--cache", required=True, help="output folder of crops and manifest")
+    parser.add_argument("--cache", required=True, type=output_folder, help="output folder of crops and manifest")
     parser.add_argument("--labels", default=None,
                         help="CSV with columns path,age[,gender] instead of UTKFace names")
     parser.add_argument("--detector", choices=DETECTORS, default=Settings.detector,
@@ -46,16 +46,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="margin of the whole-image fallback box, as a fraction of the side")
     for name in crop.CROP_NAMES:
         width, height = crop.DEFAULT_SIZES[name]
-        parser.add_argument(f"--{name.replace('_', '-')}-size", type=crop.parse_size,
+        parser.add_argument(f"--{name.replace('_', '-')}-size", type=checked(crop.parse_size),
                             default=f"{width}x{height}", help=f"{name} crop size, N or WxH")
     parser.add_argument("--ext", choices=sorted(ENCODINGS), default=Settings.ext, help="crop file format")
     parser.add_argument("--age-groups", default=manifest.DEFAULT_AGE_GROUPS,
                         help="contiguous age groups, the cache's top-level folders")
-    parser.add_argument("--split", type=manifest.parse_split, default="80/10/10",
+    parser.add_argument("--split", type=checked(manifest.parse_split), default="/".join(f"{100 * share:g}" for share in Settings.split),
                         help="train/val/test proportions, stratified by age group")
     parser.add_argument("--seed", type=int, default=Settings.seed, help="seed of the split")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes (1 = no pool)")
-    parser.add_argument("--shard", type=manifest.parse_shard, default="0/1",
+    parser.add_argument("--shard", type=checked(manifest.parse_shard), default="0/1",
                         help="process only share K of N (0-based); merge with agefuse-regions-merge")
     parser.add_argument("--limit", type=int, default=None,
                         help="process at most this many images of the share (for a quick look)")
@@ -86,6 +86,17 @@ def check_settings(cache: Path, settings: Settings) -> None:
     else:
         cache.mkdir(parents=True, exist_ok=True)
         manifest.write_atomic(path, json.dumps(settings.to_json(), indent=2).encode())
+
+
+def same_labels(row: dict, item, group: str) -> bool:
+    """Whether a cached row was made from the labels (and age group) the source now gives."""
+    return (row.get("age"), row.get("gender"), row.get("race"), row.get("age_group"), row.get("source")) == \
+        (item.age, item.gender, item.race, group, item.path)
+
+
+def remove_crops(row: dict, cache: Path) -> None:
+    for rel in row.get("crops", {}).values():
+        (cache / rel).unlink(missing_ok=True)
 
 
 def _work(task):
@@ -124,14 +135,22 @@ def main(args: argparse.Namespace) -> int:
 
     share = [item for item in items if manifest.in_shard(item.id, args.shard)]
     path = cache / manifest.manifest_name(args.shard)
-    wanted = {item.id for item in share}
-    kept = [row for row in manifest.read_rows(path) if row["id"] in wanted
-            and is_complete(row, cache) and not (args.retry_rejected and row["status"] == "rejected")]
+    wanted = {item.id: item for item in share}
+    previous = [row for row in manifest.read_rows(path) if row["id"] in wanted]
+    # a label fixed since the last run: the row is made again, its crops under the new age group
+    relabelled = [row for row in previous if not same_labels(row, wanted[row["id"]], group_of[row["id"]])]
+    for row in relabelled:
+        remove_crops(row, cache)
+    kept = [row for row in previous if row not in relabelled and is_complete(row, cache)
+            and not (args.retry_rejected and row["status"] == "rejected")]
+    for row in kept:  # the split is the whole set's: a moved label can move others' split
+        row["split"] = split[row["id"]]
     done = {row["id"] for row in kept}
-    manifest.write_rows(path, kept)  # drops rows cut short, stale or to be redone
+    manifest.write_rows(path, kept)  # drops rows cut short, stale, relabelled or to be redone
     todo = [item for item in share if item.id not in done][: args.limit]
     print(f"{len(share)} images in share {args.shard[0]}/{args.shard[1]}: "
-          f"{len(done)} already cached, {len(todo)} to process", file=sys.stderr)
+          f"{len(done)} already cached, {len(todo)} to process"
+          + (f" ({len(relabelled)} relabelled since the last run: made again)" if relabelled else ""), file=sys.stderr)
 
     rows = list(kept)
     tasks = [(item, group_of[item.id], str(cache), settings) for item in todo]
@@ -167,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
     manifest.write_rows(path, rows)
     summary = summarize(rows, problems, processed, elapsed)
     manifest.write_atomic(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json",
-                          json.dumps(summary, indent=2).encode())
+                          json_text(summary, indent=2).encode())
     print_summary(summary, path)
     return 0
 

@@ -11,6 +11,7 @@ A name or row that cannot be read, or a label out of range, is reported as a ``P
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,7 @@ def _integer(text: str, field: str) -> int:
         value = float(text)
     except ValueError:
         raise LabelError(f"{field} {text!r} is not a number") from None
-    if value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise LabelError(f"{field} {text!r} is not a whole number")
     return int(value)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -80,9 +81,13 @@ def parse_split(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in re.split(r"[/,]", text)]
     except ValueError:
         raise ValueError(f"split {text!r} is not three numbers like 80/10/10") from None
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts):
         raise ValueError(f"split {text!r} needs three non-negative parts: train/val/test")
-    return tuple(p / sum(parts) for p in parts)
+    total = sum(parts)
+    if not (math.isclose(total, 100) or math.isclose(total, 1)):
+        raise ValueError(f"split {text!r} adds up to {total:g}: give percentages that make 100 "
+                         f"(80/10/10) or fractions that make 1 (0.8,0.1,0.1)")
+    return tuple(p / total for p in parts)
 
 
 def assign_split(ids_by_group: dict[str, list[str]], seed: int,

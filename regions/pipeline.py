@@ -5,8 +5,10 @@ It never raises for a bad image: the row says ``rejected`` and why.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,16 +58,59 @@ def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
     return f"{group}/{region}/{image_id}.{ext}"
 
 
+# What a decoder is allowed to take on: a photo larger than this is refused before any pixel
+# is decoded (a few dozen bytes of PNG can claim 50000 x 50000 pixels: 7.5 GB decoded).
+MAX_PIXELS = 100_000_000   # an 8000 x 8000 phone photo is 64 M
+MAX_BYTES = 200 * 2**20
+MIN_SIDE = 16              # smaller holds no face the detector or the crops can use
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file: a regular file (not a device, FIFO or folder) of at most
+    ``MAX_BYTES``; ``ValueError`` (or ``OSError``) says what is wrong."""
+    info = os.stat(path)  # follows links; does not block on a FIFO as open() would
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_BYTES:
+        raise ValueError(f"too large: {info.st_size / 2**20:.0f} MB (the limit is {MAX_BYTES // 2**20} MB)")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_BYTES + 1)  # the file may have grown since the stat
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"too large: over {MAX_BYTES // 2**20} MB")
+    return data
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without decoding; None when Pillow cannot
+    tell (OpenCV may still read it, and its own pixel limit then applies)."""
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None  # the size is judged here, against MAX_PIXELS
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # a header Pillow does not know or cannot parse: decided by the decoder
+        return None
+
+
 def decode(data: bytes) -> np.ndarray:
     """BGR pixels of an encoded image; ``ValueError`` names what is wrong."""
     if not data:
         raise ValueError("empty file")
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(f"too large: {size[0]} x {size[1]} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         # libjpeg fills a truncated JPEG with grey and only warns; that grey is no face
         raise ValueError("truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:  # OpenCV's own limits, or a header it rejects
+        raise ValueError(f"not decodable ({str(err).strip().splitlines()[-1][:120]})") from None
     if image is None:
         raise ValueError("not a decodable image (corrupt or not an image file)")
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"too small: {width} x {height} pixels (at least {MIN_SIDE} a side)")
     return image
 
 
@@ -109,9 +154,7 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
     row = {"id": item.id, "source": item.path, "age": item.age, "gender": item.gender,
            "race": item.race, "age_group": group, "status": "rejected", "reason": None}
     try:
-        with open(item.path, "rb") as handle:
-            data = handle.read()
-        image = decode(data)
+        image = decode(read_image_file(item.path))
     except (OSError, ValueError) as err:
         return {**row, "reason": str(err) if isinstance(err, ValueError)
                 else f"cannot read: {err.strerror or err}"}

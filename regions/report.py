@@ -19,15 +19,15 @@ import numpy as np
 
 from . import manifest
 from .labels import GENDERS, RACES
-from agefuse.cli import run_command
+from agefuse.cli import HelpFormatter, json_text, output_folder, run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Exploratory report of a regions cache: PNG plots and report.json.",
-        add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("cache", help="a cache written by agefuse-regions")
-    parser.add_argument("--out", required=True, help="folder for the PNGs and report.json")
+    parser.add_argument("--out", required=True, type=output_folder, help="folder for the PNGs and report.json")
     parser.add_argument("--max-distance", type=int, default=4,
                         help="near duplicates: perceptual hashes at most this many bits apart (of 64)")
     parser.add_argument("--show-pairs", type=int, default=8,
@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     plot_gender_race(stats, out)
     plot_splits(stats, groups, out)
     plot_duplicates(rows, pairs, cache, out, args.show_pairs)
-    (out / "report.json").write_text(json.dumps(stats, indent=2))
+    (out / "report.json").write_text(json_text(stats, indent=2))
     print(f"{out}: report of {len(rows)} images from {cache}")
     print("  age groups : " + ", ".join(f"{k} {v}" for k, v in stats["age_groups"].items()))
     print("  gender     : " + ", ".join(f"{k} {v}" for k, v in stats["gender"].items()))

@@ -14,7 +14,6 @@ are closed whole, the open tracks' final estimates written, and the exit status 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agefuse.cli import int_at_least, run_command
+from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
 from regions import DETECTORS
 
 from . import video
@@ -39,13 +38,13 @@ def positive(text: str) -> int:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Age and gender of the faces in a video, averaged over time.",
-                                     add_help=add_help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--source", required=True, help="a video file, or a camera's index (0, 1, ...)")
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", default=None, type=existing_file,
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed with agefuse)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores for the model: its branches run side by side")
-    parser.add_argument("--out", default="watch", help="folder for the timeline, the tracks and the video")
+    parser.add_argument("--out", default="watch", type=output_folder, help="folder for the timeline, the tracks and the video")
     parser.add_argument("--every", type=positive, default=5,
                         help="detect and estimate every N frames; the tracker follows the faces in between")
     parser.add_argument("--buffer", type=positive, default=30, help="estimates kept per track")
@@ -68,16 +67,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 class InterruptFlag:
-    """The first Ctrl-C asks the loop to stop after the frame in hand, so no file is cut in
-    the middle of a row; a second one interrupts at once (a KeyboardInterrupt, which the
-    loop catches too)."""
+    """The first Ctrl-C, SIGTERM (what ``timeout`` and ``kill`` send) or SIGHUP (a closed
+    terminal) asks the loop to stop after the frame in hand, so no file is cut in the middle
+    of a row and the video is closed whole; a second one interrupts at once (a
+    KeyboardInterrupt, which the loop catches too)."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
-        self.requested, self.previous = False, None
+        self.requested, self.previous = False, {}
 
     def __enter__(self) -> "InterruptFlag":
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -89,8 +90,8 @@ class InterruptFlag:
         return self.requested
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -116,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         source.release()
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json_text(summary))
     written = ", ".join(str(out / name) for name in ("timeline.csv", "tracks.jsonl", args.video) if name)
     if summary["interrupted"]:
         print(f"interrupted after {summary['frames']} frames of {source.name}: {summary['tracks']} tracks "

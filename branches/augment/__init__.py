@@ -87,14 +87,22 @@ def build_step(step: dict) -> A.BasicTransform:
     if not isinstance(step, dict) or len(step) != 1:
         raise ValueError(f"an augmentation step is one {{\"Name\": {{arguments}}}}, got {step!r}")
     (name, kwargs), = step.items()
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(f"{name}: its arguments must be an object of name: value, got {kwargs!r}")
     kwargs = dict(kwargs or {})
     if "transforms" in kwargs:
         kwargs["transforms"] = [build_step(s) for s in kwargs["transforms"]]
     cls = CUSTOM.get(name) or getattr(A, name, None)
-    if cls is None:
+    # only transform classes: a name from the file must never reach another albumentations
+    # attribute (a function, a module) and call it
+    if not (isinstance(cls, type) and issubclass(cls, (A.BasicTransform, A.BaseCompose))):
         raise ValueError(f"unknown augmentation {name!r}: not an albumentations transform nor "
                          f"one of {sorted(CUSTOM)}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except Exception as err:  # albumentations checks arguments with pydantic, and TypeError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{name}: bad arguments {kwargs!r} ({reason})") from None
 
 
 def load_config(aug: str) -> dict[str, list]:
@@ -105,7 +113,12 @@ def load_config(aug: str) -> dict[str, list]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: augmentation config not found (give none, default, "
                                 f"or a .json file)")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: an augmentation config is an object of region: [steps]")
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -115,7 +128,13 @@ def build_pipeline(region: str, aug: str = "default", seed: int | None = None) -
     if config and region not in config:
         raise ValueError(f"the augmentation config {aug!r} has no entry for region {region!r} "
                          f"(it has {sorted(config)})")
-    return A.Compose([build_step(s) for s in config.get(region, [])], seed=seed)
+    steps = config.get(region, [])
+    if not isinstance(steps, list):
+        raise ValueError(f"{aug}: {region} must be a list of steps")
+    try:
+        return A.Compose([build_step(s) for s in steps], seed=seed)
+    except ValueError as err:
+        raise ValueError(f"{aug}: {region}: {err}") from None
 
 
 def describe(pipeline: A.Compose) -> dict:
