@@ -10,5 +10,18 @@ files on disk (docs/formats.md) and what its ``__init__`` offers:
   ``agefuse-evaluate``, ``agefuse-predict``, ``agefuse-export``);
 - ``watch``: video and camera (``agefuse-watch``).
 
-``agefuse.cli`` holds what every console script shares.
+``agefuse.cli`` holds what every console script shares, ``agefuse.recipe`` the training
+recipes. The Python API (``agefuse.api``, loaded on first use so the commands stay light):
+``agefuse.estimate(image, channels=None)`` and ``agefuse.Estimator(model, ...)``::
+
+    import agefuse
+    for face in agefuse.estimate("photo.jpg"):
+        print(face["age"], face["age_interval"], face["gender"], face["gender_probability"])
 """
+
+
+def __getattr__(name: str):
+    if name in ("Estimator", "estimate", "to_bgr"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'agefuse' has no attribute {name!r}")

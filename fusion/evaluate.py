@@ -175,9 +175,9 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    model, state = load_fused(args.model)  # first: a file that is no model leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, state = load_fused(args.model)
     cache = Path(args.cache) if args.cache else prepare_folder(args, model, out)
     split = args.split if args.cache else "all"
     every = manifest.load(cache)

@@ -2,14 +2,17 @@
 
     agefuse-predict photo.jpg [more.jpg ...] --model runs/fused/fused.pt [--out predictions/]
 
-Prints one JSON object per photo (every face: box, age, interval, gender and its
-probability) and writes, per photo, ``OUT/<name>.json`` and an annotated copy
-``OUT/<name>.annotated.jpg``. A photo with no face says so; an unreadable one is named with
+Takes files, folders (recursively) and glob patterns. Prints one JSON object per photo
+(every face: box, age, interval, gender and its probability) and writes, per photo,
+``OUT/<name>.json`` and an annotated copy ``OUT/<name>.annotated.jpg``, and one
+``OUT/predictions.csv`` with a row per face. A photo with no face says so; an unreadable one is named with
 the reason and the others go on.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
 import os
 import sys
 import time
@@ -20,21 +23,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
-from regions import DETECTORS, Settings, decode, faces_in, read_image_file
+from regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
 
 from .features import batch_inputs
 from .model import FusedModel, load_fused
 
 
 TRACE_FROM = 300  # photos: where ~1.4 s of tracing is won back at a few ms a face
+PROGRESS_FROM = 5  # photos: a progress bar from here on (on a terminal)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Age and gender of every face in photos.", add_help=add_help,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("photos", nargs="+", help="image files")
+    parser.add_argument("photos", nargs="+",
+                        help="image files, folders (searched recursively for image files) or glob patterns "
+                             "(quoted, e.g. 'photos/**/*.jpg')")
     parser.add_argument("--model", default=None, type=existing_file,
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed "
                              "with agefuse; see the README for its figures and licence)")
@@ -47,7 +54,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: as the model's training cache)")
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
-    parser.add_argument("--no-annotate", dest="annotate", action="store_false")
+    parser.add_argument("--no-annotate", dest="annotate", action="store_false",
+                        help="write no annotated copies (JSON and predictions.csv only)")
+    parser.add_argument("--quiet", action="store_true", help="do not print each photo's JSON")
     parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores to use: the detection shares its image pyramid between two, the "
                              "branches run side by side, one core each")
@@ -129,33 +138,70 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     return canvas
 
 
+def find_photos(items: list[str]) -> tuple[list[str], list[str]]:
+    """Photo paths from files, folders (searched recursively, image extensions only) and
+    glob patterns, in the order given; and the items that named nothing."""
+    photos, unmatched = [], []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        elif not path.exists() and not path.is_symlink() and any(c in item for c in "*?["):
+            found = sorted(p for p in glob.glob(item, recursive=True)
+                           if Path(p).suffix.lower() in IMAGE_SUFFIXES and not Path(p).is_dir())
+        else:
+            found = [item]  # a file, or a missing one: named when it is read
+        photos += found
+        if not found:
+            unmatched.append(item)
+    return photos, unmatched
+
+
+CSV_FIELDS = ("photo", "face", "left", "top", "right", "bottom", "age", "age_low", "age_high", "gender",
+              "gender_probability")
+
+
 def main(args: argparse.Namespace) -> int:
+    photos, unmatched = find_photos(args.photos)
+    for item in unmatched:
+        print(f"{item}: no image files here", file=sys.stderr)
     model, _ = load_fused(args.model)
-    if args.trace == "yes" or args.trace == "auto" and len(args.photos) >= TRACE_FROM:
+    if args.trace == "yes" or args.trace == "auto" and len(photos) >= TRACE_FROM:
         model.trace_branches()
     pool = branch_pool(model, args.threads)
     settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for photo, stem in zip(args.photos, output_names(args.photos)):
-        try:
-            image = decode(read_image_file(photo))
-        except (OSError, ValueError) as err:
-            print(f"{photo}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
-            failures += 1
-            continue
-        start = time.perf_counter()
-        faces = predict_faces(model, image, settings, pool, args.threads)
-        record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
-        if not faces:
-            record["message"] = "no face found"
-        (out / f"{stem}.json").write_text(json_text(record))
-        if args.annotate:
-            cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
-        print(json_text(record, indent=None))
+    failures = len(unmatched)
+    # one row per face, streamed: memory stays flat however many photos there are
+    with (out / "predictions.csv").open("w", newline="") as handle, \
+            tqdm(total=len(photos), desc="predict", unit="photo", disable=None if len(photos) > PROGRESS_FROM else True,
+                 dynamic_ncols=True, file=sys.stderr) as bar:
+        table = csv.writer(handle)
+        table.writerow(CSV_FIELDS)
+        for photo, stem in zip(photos, output_names(photos)):
+            bar.update()
+            try:
+                image = decode(read_image_file(photo))
+            except (OSError, ValueError) as err:
+                bar.write(f"{photo}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+                failures += 1
+                continue
+            start = time.perf_counter()
+            faces = predict_faces(model, image, settings, pool, args.threads)
+            record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
+            if not faces:
+                record["message"] = "no face found"
+            (out / f"{stem}.json").write_text(json_text(record))
+            if args.annotate:
+                cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
+            for index, face in enumerate(faces):
+                table.writerow([photo, index, *face["box"], face["age"], *face["age_interval"], face["gender"],
+                                face["gender_probability"]])
+            if not args.quiet:
+                bar.write(json_text(record, indent=None))
     if failures:
-        print(f"{failures} of {len(args.photos)} photos could not be read (named above)", file=sys.stderr)
+        print(f"{failures} of {len(photos) + len(unmatched)} photos could not be read (named above)", file=sys.stderr)
     return 1 if failures else 0
 
 

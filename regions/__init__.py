@@ -19,6 +19,7 @@ Offers to the later stages:
 """
 from . import manifest
 from .crop import ORIGINAL, REGIONS, face_crops, parse_size
+from .labels import IMAGE_SUFFIXES
 from .landmarks import DETECTORS
 from .pipeline import Settings, decode, faces_in, read_image_file, read_settings
 
@@ -37,5 +38,5 @@ def build_cache(argv: list[str]) -> int:
     return main(regions_parser().parse_args(argv))
 
 
-__all__ = ["DETECTORS", "ORIGINAL", "REGIONS", "Settings", "build_cache", "decode", "face_crops", "faces_in",
+__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "build_cache", "decode", "face_crops", "faces_in",
            "manifest", "parse_size", "read_image_file", "read_settings", "regions_parser"]

@@ -223,7 +223,9 @@ def test_a_source_that_cannot_be_watched_is_one_line_and_no_output(source, reaso
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_closes_the_files_whole_and_writes_the_open_track(sample_fused, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_or_a_kill_closes_the_files_whole_and_writes_the_open_track(signum, sample_fused, tmp_path):
+    """Ctrl-C, and what ``timeout``/``kill`` (SIGTERM) or a closed terminal (SIGHUP) send."""
     video = write_video(tmp_path / "long.avi", [(cv2.imread(str(STAYING)), 60, 20, 0)], 400, size=(320, 240))
     out = tmp_path / "out"
     process = run_watch("--source", video, "--model", sample_fused, "--out", out, "--every", 1)
@@ -233,7 +235,7 @@ def test_ctrl_c_closes_the_files_whole_and_writes_the_open_track(sample_fused, t
         if timeline.is_file() and timeline.read_text().count("\n") > 5:
             break
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted after" in stderr
