@@ -1,6 +1,8 @@
-"""agefuse-export: the fused model (branches + head) as one ``torch.export`` file (.pt2).
+"""agefuse-export: the fused model (branches + head) as one ``torch.export`` file (.pt2), or
+as one ONNX file (``--format onnx``, see ``fusion.onnx``).
 
     agefuse-export --model runs/fused/fused.pt --out runs/fused/fused.pt2
+    agefuse-export --model runs/fused/fused.pt --format onnx --out runs/fused/fused.onnx
 
 The exported program needs torch alone, no agefuse code: ``torch.export.load(path).module()``
 and call it with ``(views, present)``, where ``views[i]`` is the (N, V, 3, S, S) uint8 RGB crops of
@@ -28,7 +30,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export the fused model with torch.export (.pt2).", add_help=add_help,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, type=existing_file, help="fused.pt from agefuse-train-fusion")
-    parser.add_argument("--out", required=True, help="the .pt2 file to write")
+    parser.add_argument("--out", required=True, help="the file to write (.pt2 or .onnx)")
+    parser.add_argument("--format", choices=["pt2", "onnx"], default="pt2",
+                        help="pt2: a torch.export program (torch alone runs it); onnx: one ONNX file with "
+                             "the crop sizes and the interval in its metadata (ONNX Runtime runs it)")
     return parser
 
 
@@ -66,11 +71,22 @@ def load_exported(path: str | Path):
 
 def main(args: argparse.Namespace) -> int:
     model, _ = load_fused(args.model)
-    path = export(model, Path(args.out))
     views, present = example_inputs(model, count=5, seed=1)
     with torch.no_grad():
-        difference = (load_exported(path)(views, present) - model(views, present)).abs().max().item()
-    print(f"{path}: exported program of {', '.join(model.regions)} + head; max difference from the original on "
+        expected = model(views, present)
+    if args.format == "onnx":
+        from .onnx import OnnxModel, export_onnx
+        path = export_onnx(model, Path(args.out))
+        out = OnnxModel(path).outputs(views, present)
+        got = torch.stack([out["age"], out["age_low"], out["age_high"], out["gender_female"], *out["branch_ages"].T], 1)
+        what = "ONNX model (ONNX Runtime)"
+    else:
+        path = export(model, Path(args.out))
+        with torch.no_grad():
+            got = load_exported(path)(views, present)
+        what = "exported program (torch.export)"
+    difference = (got - expected).abs().max().item()
+    print(f"{path}: {what} of {', '.join(model.regions)} + head; max difference from the original on "
           f"5 random faces: {difference:.2e}")
     return 0 if difference <= 1e-4 else 1
 

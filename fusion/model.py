@@ -140,6 +140,11 @@ class FusedModel(nn.Module):
         self.branches = nn.ModuleList(traced)
         return self
 
+    def outputs(self, views: list[torch.Tensor], present: torch.Tensor,
+                pool: ThreadPoolExecutor | None = None) -> dict[str, torch.Tensor]:
+        """Crops to estimates: ``predict(features(views, pool), present)``."""
+        return self.predict(self.features(views, pool), present)
+
     def predict(self, features: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, gender_logit = self.head(head_input(features, present))
         probabilities = (logits / self.temperature).softmax(1)

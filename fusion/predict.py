@@ -60,6 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores to use: the detection shares its image pyramid between two, the "
                              "branches run side by side, one core each")
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                        help="torch: a fused.pt; onnx: a .onnx file of agefuse-export --format onnx, run by "
+                             "ONNX Runtime")
     parser.add_argument("--trace", choices=["auto", "yes", "no"], default="auto",
                         help="trace the branches with TorchScript first: about 1.4 s once, then a few ms "
                              "less per face; auto: for %d photos or more" % TRACE_FROM)
@@ -77,9 +80,10 @@ def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
 @torch.inference_mode()
 def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | None = None
              ) -> dict[str, torch.Tensor]:
-    """The fused model's outputs (``FusedModel.predict``) for faces found by ``faces_in``."""
+    """The fused model's outputs (``FusedModel.predict``) for faces found by ``faces_in``;
+    ``model`` may also be an ``OnnxModel``."""
     inputs, present = batch_inputs(model, [face["crops"] for face in faces])
-    return model.predict(model.features(inputs, pool), present)
+    return model.outputs(inputs, present, pool)
 
 
 def crop_settings(model: FusedModel, detector: str | None = None, upsample: int | None = None,
@@ -161,14 +165,25 @@ CSV_FIELDS = ("photo", "face", "left", "top", "right", "bottom", "age", "age_low
               "gender_probability")
 
 
+def load_engine(path: str | None, engine: str, threads: int):
+    """The model to predict with, and the thread pool its branches run on (torch only)."""
+    if engine == "onnx":
+        if path is None or Path(path).suffix != ".onnx":
+            raise ValueError("--engine onnx runs an exported file: give --model FILE.onnx "
+                             "(agefuse-export --format onnx writes one)")
+        from .onnx import OnnxModel
+        return OnnxModel(path, threads), None
+    model, _ = load_fused(path)
+    return model, branch_pool(model, threads)
+
+
 def main(args: argparse.Namespace) -> int:
     photos, unmatched = find_photos(args.photos)
     for item in unmatched:
         print(f"{item}: no image files here", file=sys.stderr)
-    model, _ = load_fused(args.model)
-    if args.trace == "yes" or args.trace == "auto" and len(photos) >= TRACE_FROM:
+    model, pool = load_engine(args.model, args.engine, args.threads)
+    if args.engine == "torch" and (args.trace == "yes" or args.trace == "auto" and len(photos) >= TRACE_FROM):
         model.trace_branches()
-    pool = branch_pool(model, args.threads)
     settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import cv2
 import pytest
 
 import agefuse
+from fusion import DEFAULT_MODEL, load_fused
 from conftest import SAMPLE
 
 PHOTO = SAMPLE / "35_0_3_20170119201338805.jpg.chip.jpg"
@@ -65,3 +66,51 @@ def test_predict_takes_a_nested_folder_and_a_glob_and_writes_one_csv(tmp_path):
     assert all(r["face"] == "0" and float(r["age_low"]) <= float(r["age"]) <= float(r["age_high"]) for r in rows)
     assert set(rows[0]) == set(predict.CSV_FIELDS)
     assert not list((tmp_path / "out").glob("*.annotated.jpg"))
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """The installed model exported to ONNX by the command a user runs."""
+    path = tmp_path_factory.mktemp("onnx") / "fused.onnx"
+    result = subprocess.run([str(Path(sys.executable).parent / "agefuse-export"), "--format", "onnx",
+                             "--model", str(DEFAULT_MODEL), "--out", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max difference from the original on 5 random faces" in result.stdout
+    return path
+
+
+def test_onnx_runtime_gives_pytorch_s_outputs_on_20_real_faces(onnx_model):
+    from fusion.features import batch_inputs
+    from fusion.onnx import OnnxModel
+    from regions import faces_in
+    model, _ = load_fused()
+    exported = OnnxModel(onnx_model)
+    assert exported.regions == model.regions and exported.image_sizes == model.image_sizes
+    assert exported.interval == model.interval and exported.crop_settings == model.crop_settings
+    faces = []
+    for path in sorted(SAMPLE.glob("*.jpg"))[::12][:24]:
+        faces += faces_in(cv2.imread(str(path)), model.crop_settings)
+    faces = faces[:20]
+    assert len(faces) == 20
+    views, present = batch_inputs(model, [face["crops"] for face in faces])
+    expected = model.outputs(views, present)
+    got = exported.outputs(views, present)
+    for name in ("age", "gender_female", "branch_ages"):
+        assert (got[name] - expected[name]).abs().max() <= 1e-4, name
+    # the interval's ends are whole years: equal, but for a quantile sitting on a year's edge
+    for name in ("age_low", "age_high"):
+        assert (got[name] != expected[name]).sum() <= 1, name
+
+
+def test_predict_with_the_onnx_engine_gives_the_pytorch_records(onnx_model, tmp_path):
+    from fusion import predict
+    for engine, model in (("torch", None), ("onnx", onnx_model)):
+        argv = [str(PHOTO), "--out", str(tmp_path / engine), "--engine", engine, "--no-annotate"]
+        args = predict.get_args_parser().parse_args(argv + (["--model", str(model)] if model else []))
+        assert predict.main(args) == 0
+    import json
+    torch_faces, onnx_faces = (json.loads((tmp_path / e / f"{PHOTO.name}.json").read_text())["faces"]
+                               for e in ("torch", "onnx"))
+    assert [f["box"] for f in onnx_faces] == [f["box"] for f in torch_faces]
+    assert onnx_faces[0]["age"] == pytest.approx(torch_faces[0]["age"], abs=0.05)
+    assert onnx_faces[0]["gender"] == torch_faces[0]["gender"]
