@@ -1,0 +1,131 @@
+"""agefuse-serve: the fused model behind a local HTTP service, and a page to try it.
+
+    agefuse-serve [--model runs/fused/fused.pt] [--host 127.0.0.1] [--port 8000]
+
+``POST /predict`` with an image (a multipart form's ``file``, or the raw bytes as the body)
+answers ``{"faces": [...]}``, the records of agefuse-predict's JSON. ``GET /`` is one page
+where a person drops a photo and sees each face's box, age, interval and gender drawn on it.
+``GET /health`` says the model is loaded. It listens on 127.0.0.1 unless told otherwise,
+refuses an upload over ``--max-bytes`` (413) and an image over ``--max-pixels`` or one that
+is not an image (415 or 400, with the reason in one line), loads the model once at start,
+and estimates one request at a time while others upload and decode, so concurrent requests
+never share a model call.
+"""
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from agefuse.cli import HelpFormatter, existing_file, int_at_least, run_command
+
+PAGE = Path(__file__).parent / "serve.html"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve the fused model over HTTP, with a page to try it.",
+                                     add_help=add_help, formatter_class=HelpFormatter)
+    parser.add_argument("--model", default=None, type=existing_file,
+                        help="fused.pt (default: the UTKFace model installed with agefuse)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 opens it to the network (no authentication)")
+    parser.add_argument("--port", type=int_at_least(1), default=8000)
+    parser.add_argument("--max-bytes", type=int_at_least(1), default=20 * 2**20, help="largest upload, in bytes")
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=40_000_000, help="largest image, width x height")
+    parser.add_argument("--threads", type=int_at_least(1), default=2, help="CPU cores for one estimate")
+    return parser
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000,
+               threads: int = 2):
+    """The FastAPI application, with the model loaded (once, here)."""
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from regions import decode
+    from regions.pipeline import image_size
+
+    from .model import load_fused
+    from .predict import branch_pool, crop_settings, predict_faces
+
+    model, _ = load_fused(model_path)
+    model.trace_branches()
+    pool, settings = branch_pool(model, threads), crop_settings(model)
+    busy = threading.Lock()  # one estimate at a time: the branches already use every core given
+    app = FastAPI(title="agefuse", description="Age and gender of every face in a photo.")
+
+    def refuse(status: int, reason: str) -> JSONResponse:
+        return JSONResponse({"error": reason}, status_code=status)
+
+    async def upload(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes + 4096:
+            raise TooLarge(f"upload of {int(declared)} bytes is over the limit of {max_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it comes: a missing or false length is no way round
+            body += chunk
+            if len(body) > max_bytes + 4096:
+                raise TooLarge(f"upload is over the limit of {max_bytes} bytes")
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            request._body = bytes(body)  # Starlette's form() reads a body already received from here
+            form = await request.form()
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise ValueError("the form has no 'file' field with an image")
+            body = bytearray(await file.read())
+        if len(body) > max_bytes:
+            raise TooLarge(f"image of {len(body)} bytes is over the limit of {max_bytes}")
+        return bytes(body)
+
+    def estimate(data: bytes) -> list[dict]:
+        size = image_size(data)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise TooLarge(f"image of {size[0]} x {size[1]} pixels is over the limit of {max_pixels} pixels")
+        image = decode(data)
+        with busy:
+            return predict_faces(model, image, settings, pool, threads)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"model": str(model_path or "installed"), "regions": model.regions, "interval": model.interval}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        try:
+            data = await upload(request)
+            if not data:
+                return refuse(400, "empty upload: send an image file")
+            faces = await run_in_threadpool(estimate, data)
+        except TooLarge as err:
+            return refuse(413, str(err))
+        except ValueError as err:
+            return refuse(415 if "decodable" in str(err) or "not a" in str(err) else 400, str(err))
+        return {"faces": faces, "message": None if faces else "no face found"}
+
+    return app
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+    app = create_app(args.model, args.max_bytes, args.max_pixels, args.threads)
+    print(f"agefuse-serve: http://{args.host}:{args.port}/ (POST /predict with an image; Ctrl-C stops)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def run() -> int:
+    return run_command(get_args_parser, main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
