@@ -10,13 +10,11 @@ photo (what a drop or a click does), waits for the answer to be drawn and checks
 lists the faces.
 """
 import argparse
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from serve_load import free_port
+from serve_load import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,42 +35,28 @@ def main(args) -> int:
         args.photo = str(Path(args.out).with_name("serve_photo.jpg"))
         Path(args.photo).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(args.photo, canvas)
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "agefuse-serve"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     options = webdriver.ChromeOptions()
     options.binary_location = args.chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,1000"):
         options.add_argument(flag)
-    browser = None
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving() as url:
         browser = webdriver.Chrome(service=Service(args.chromedriver), options=options)
-        browser.get(url)
-        start = time.perf_counter()
-        browser.find_element(By.ID, "file").send_keys(str(Path(args.photo).resolve()))
-        WebDriverWait(browser, 60).until(lambda b: "face" in b.find_element(By.ID, "status").text
-                                         and "estimating" not in b.find_element(By.ID, "status").text)
-        seconds = time.perf_counter() - start
-        status = browser.find_element(By.ID, "status").text
-        rows = browser.find_elements(By.CSS_SELECTOR, "#faces tr")[1:]
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(args.out)
-        print(f"{browser.capabilities.get('browserVersion')} headless: '{status}' in {seconds:.2f} s; "
-              f"{len(rows)} face row(s): " + "; ".join(r.text for r in rows) + f"; screenshot {args.out}")
-        return 0 if rows else 1
-    finally:
-        if browser is not None:
+        try:
+            browser.get(url)
+            start = time.perf_counter()
+            browser.find_element(By.ID, "file").send_keys(str(Path(args.photo).resolve()))
+            WebDriverWait(browser, 60).until(lambda b: "face" in b.find_element(By.ID, "status").text
+                                             and "estimating" not in b.find_element(By.ID, "status").text)
+            seconds = time.perf_counter() - start
+            status = browser.find_element(By.ID, "status").text
+            rows = browser.find_elements(By.CSS_SELECTOR, "#faces tr")[1:]
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(args.out)
+            print(f"Chromium {browser.capabilities.get('browserVersion')} headless: '{status}' in {seconds:.2f} s; "
+                  f"{len(rows)} face row(s): " + "; ".join(r.text for r in rows) + f"; screenshot {args.out}")
+        finally:
             browser.quit()
-        server.terminate()
-        server.wait(timeout=30)
-
+    return 0 if rows else 1
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,6 +11,7 @@ the same photos through ``predict_faces`` in one process (what agefuse-predict s
 photo, without HTTP). Every answer is checked: status 200 and the photo's face count.
 """
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -31,6 +32,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(model: str | None = None, threads: int = 2):
+    """``agefuse-serve`` on a free loopback port, ready (its /health answers); yields its URL."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "agefuse-serve"), "--port", str(port), "--threads", str(threads)]
+    server = subprocess.Popen(command + (["--model", model] if model else []), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def post(url: str, data: bytes) -> tuple[int, int]:
@@ -87,24 +109,9 @@ def main(args) -> int:
             direct.append(time.perf_counter() - start)
     del model, pool
 
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "agefuse-serve"), "--port", str(port), "--threads", str(args.threads)]
-    if args.model:
-        command += ["--model", args.model]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving(args.model, args.threads) as url:
         post(url + "/predict", photos[0][0])  # warm-up
         rows = [load(url + "/predict", photos, c, args.requests, args.seconds) for c in args.clients]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     ms = 1000 * np.array(direct)
     print(f"photos: a 1-face 320x320 and a 4-face 480x480 JPEG, alternating; {args.threads} threads; "
           f"{os.cpu_count()} CPUs; loopback")
