@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from regions import DETECTORS, build_cache, manifest
-from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
+from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
 
 from .features import extract
+from .groups import DEFAULT_GROUPS, Group, group_probabilities, group_report, parse_groups
 from .metrics import age_report, gender_report, interval_coverage
 from .model import in_calibration_half, load_fused
 from .predict import crop_settings
@@ -41,6 +42,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="with --images: the face detector (default: the one the model's training cache used)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="with --images: a face the detector misses is not evaluated (counted as no face)")
+    parser.add_argument("--groups", type=checked(parse_groups), default=DEFAULT_GROUPS,
+                        help="age groups whose probabilities are checked: NAME:LOW-HIGH,...,NAME:LOW-")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for the tables, plots and predictions.csv")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="with --images: processes for the regions stage")
     return parser
@@ -65,22 +68,27 @@ def prepare_folder(args, model, out: Path) -> Path:
     return cache
 
 
-def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = frozenset()) -> dict:
+def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = frozenset(),
+                  groups: list[Group] | None = None) -> dict:
     """Every figure for the fused model and each branch; the interval's coverage leaves out
-    the ``calibrated`` ids (the faces its temperature was fitted on)."""
+    the ``calibrated`` ids (the faces its temperature was fitted on); ``groups``: the age
+    groups whose probabilities are checked (default: minors and adults)."""
+    groups = groups or parse_groups()
     data = extract(model, cache, rows, desc="evaluating")
     checked = np.array([str(i) not in calibrated for i in data["id"]])
     features, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     with torch.no_grad():
         out = model.predict(features, present)
     fused = {"age": out["age"].numpy(), "gender_female": out["gender_female"].numpy(),
-             "age_low": out["age_low"].numpy(), "age_high": out["age_high"].numpy()}
+             "age_low": out["age_low"].numpy(), "age_high": out["age_high"].numpy(),
+             "groups": group_probabilities(out["age_probabilities"].numpy(), groups)}
     result = {"fused": {**age_report(data["age"], fused["age"], data["race"]),
                         "gender": gender_report(data["gender"], fused["gender_female"]),
                         "interval_coverage": interval_coverage(data["age"][checked], out["age_low"].numpy()[checked],
                                                                out["age_high"].numpy()[checked])
                         if checked.any() else None,
-                        "interval_checked_faces": int(checked.sum())}}
+                        "interval_checked_faces": int(checked.sum()),
+                        "age_groups": group_report(data["age"], fused["groups"], groups)}}
     for i, region in enumerate(model.regions):
         have = data["present"][:, i]
         block = data["features"][have, i]
@@ -89,7 +97,7 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
     return result, data, fused
 
 
-def write_predictions(path: Path, model, rows: list[dict], data: dict, fused: dict) -> None:
+def write_predictions(path: Path, model, rows: list[dict], data: dict, fused: dict, groups: list[Group]) -> None:
     """One line per face: its label, the fused model's estimate (the fields of
     agefuse-predict's records) and each branch's own age (empty where its crop is missing)."""
     source = {r["id"]: r["source"] for r in rows}
@@ -97,13 +105,14 @@ def write_predictions(path: Path, model, rows: list[dict], data: dict, fused: di
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "source", "age", "predicted_age", "age_low", "age_high", "gender", "p_female",
-                         *(f"age_{region}" for region in model.regions)])
+                         *(f"age_{region}" for region in model.regions), *(f"p_{g.name}" for g in groups)])
         for i, image_id in enumerate(data["id"]):
             gender = int(data["gender"][i])
             writer.writerow([image_id, source[str(image_id)], f"{data['age'][i]:g}", f"{fused['age'][i]:.2f}",
                              f"{fused['age_low'][i]:g}", f"{fused['age_high'][i]:g}",
                              "" if gender < 0 else gender, f"{fused['gender_female'][i]:.4f}",
-                             *(f"{age:.2f}" if data["present"][i, r] else "" for r, age in enumerate(branch_ages[i]))])
+                             *(f"{age:.2f}" if data["present"][i, r] else "" for r, age in enumerate(branch_ages[i])),
+                             *(f"{p:.4f}" for p in fused["groups"][i])])
 
 
 def markdown(result: dict, counts: dict) -> str:
@@ -130,11 +139,24 @@ def markdown(result: dict, counts: dict) -> str:
         for race in result["fused"]["mae_by_race"]:
             lines.append(f"| {race} | " + " | ".join(
                 f"{result[c]['mae_by_race'].get(race, float('nan')):.2f}" for c in columns) + " |")
+    lines += ["", group_lines(result["fused"]["age_groups"])]
     confusion = result["fused"]["gender"]["confusion"]
     lines += ["", f"Fused gender confusion (rows true, columns predicted; male, female): {confusion}",
               interval_line(result["fused"]),
               "", "Images: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, list))]
     return "\n".join(lines) + "\n"
+
+
+def group_lines(report: dict) -> str:
+    names = list(report["per_group"])
+    lines = [f"Age groups {', '.join(report['groups'])}: exact accuracy {report['exact_accuracy']:.1%}, one-off "
+             f"{report['one_off_accuracy']:.1%} (the most probable group; one-off: a neighbouring group counts too).", "",
+             "| group | precision | recall | faces | calibration error (ECE) of P(group) |", "|---|---|---|---|---|"]
+    for name in names:
+        g = report["per_group"][name]
+        lines.append(f"| {name} | {g['precision']:.1%} | {g['recall']:.1%} | {g['support']} | {g['ece']:.3f} |")
+    lines += ["", "Group confusion (rows true, columns predicted; " + ", ".join(names) + f"): {report['confusion']}"]
+    return "\n".join(lines)
 
 
 def interval_line(fused: dict) -> str:
@@ -173,6 +195,28 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
     ax.set(xlabel="predicted", ylabel="true", title="gender (fused)")
     fig.tight_layout(); fig.savefig(out / "gender_confusion.png", dpi=100); plt.close(fig)
 
+    report = result["fused"]["age_groups"]
+    names = list(report["per_group"])
+    confusion = np.array(report["confusion"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(names), 1.2 + 1.0 * len(names)))
+    ax.imshow(confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set_xticks(range(len(names)), names); ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted (most probable)", ylabel="true", title="age groups (fused)")
+    fig.tight_layout(); fig.savefig(out / "group_confusion.png", dpi=100); plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    for name in names:
+        bins = report["per_group"][name]["bins"]
+        ax.plot([b["stated"] for b in bins], [b["observed"] for b in bins], "o-",
+                label=f"P({name}), ECE {report['per_group'][name]['ece']:.3f}")
+    ax.set(xlabel="stated probability", ylabel="observed frequency", title="reliability of the group probabilities",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout(); fig.savefig(out / "reliability.png", dpi=100); plt.close(fig)
+
 
 def main(args: argparse.Namespace) -> int:
     model, state = load_fused(args.model)  # first: a file that is no model leaves nothing behind
@@ -197,10 +241,10 @@ def main(args: argparse.Namespace) -> int:
     same_cache = args.cache and str(Path(args.cache).resolve()) == calibration.get("cache")
     calibrated = ({r["id"] for r in rows if in_calibration_half(r["id"])}
                   if same_cache and split == "val" and calibration.get("split") == "val" else set())
-    result, data, fused = evaluate_rows(model, cache, rows, calibrated)
+    result, data, fused = evaluate_rows(model, cache, rows, calibrated, args.groups)
     (out / "evaluation.json").write_text(json_text({"images": counts, "results": result,
                                                      "model": args.model, "source": str(cache), "split": split}, indent=1))
-    write_predictions(out / "predictions.csv", model, rows, data, fused)
+    write_predictions(out / "predictions.csv", model, rows, data, fused, args.groups)
     table = markdown(result, counts)
     (out / "evaluation.md").write_text(table)
     plots(data, fused, result, out)
@@ -213,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
     for line in unreadable:
         print(f"not evaluated: {line}")
     print(f"wrote {out / 'evaluation.json'}, evaluation.md, predictions.csv, predicted_vs_true.png, error_by_age.png, "
-          f"gender_confusion.png")
+          f"gender_confusion.png, group_confusion.png, reliability.png")
     return 0
 
 

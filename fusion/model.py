@@ -151,6 +151,7 @@ class FusedModel(nn.Module):
         cdf = probabilities.cumsum(1)
         tail = (1.0 - self.interval) / 2
         return {"age": (logits.softmax(1) * self.ages).sum(1),
+                "age_probabilities": probabilities,  # tempered: what the interval and age groups read
                 "age_low": (cdf < tail).sum(1).float(),
                 "age_high": (cdf < 1.0 - tail).sum(1).float(),
                 "gender_female": torch.sigmoid(gender_logit),

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
+from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
 from regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
 
 from .features import batch_inputs
+from .groups import DEFAULT_GROUPS, Group, group_probabilities, parse_groups
 from .model import FusedModel, load_fused
 
 
@@ -60,6 +61,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores to use: the detection shares its image pyramid between two, the "
                              "branches run side by side, one core each")
+    parser.add_argument("--groups", type=checked(parse_groups), default=DEFAULT_GROUPS,
+                        help="age groups whose probabilities each face gets (summed from its age distribution), "
+                             "NAME:LOW-HIGH,...,NAME:LOW-, e.g. child:0-12,teen:13-17,adult:18-")
     parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                         help="torch: a fused.pt; onnx: a .onnx file of agefuse-export --format onnx, run by "
                              "ONNX Runtime")
@@ -96,14 +100,19 @@ def crop_settings(model: FusedModel, detector: str | None = None, upsample: int 
 
 @torch.inference_mode()
 def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None,
-                  pool: ThreadPoolExecutor | None = None, threads: int = 1) -> list[dict]:
+                  pool: ThreadPoolExecutor | None = None, threads: int = 1,
+                  groups: list[Group] | None = None) -> list[dict]:
     """Every face of a BGR image with its estimates. ``settings``: how faces are found and
     cropped (default: ``crop_settings(model)``); ``pool``: see ``branch_pool``; ``threads``
-    2 or more also shares the detection between two threads."""
+    2 or more also shares the detection between two threads; ``groups``: the age groups
+    whose probabilities each record holds (default: minors and adults)."""
+    groups = groups or parse_groups()
     faces = faces_in(image, settings or crop_settings(model), threads=threads)
     if not faces:
         return []
     out = estimate(model, faces, pool)
+    # the ONNX export carries no distribution: its records have no groups
+    in_groups = group_probabilities(out["age_probabilities"], groups) if "age_probabilities" in out else None
     results = []
     for i, face in enumerate(faces):
         female = float(out["gender_female"][i])
@@ -114,6 +123,8 @@ def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | Non
             "interval_coverage": model.interval,
             "gender": "female" if female >= 0.5 else "male",
             "gender_probability": round(max(female, 1 - female), 3)})
+        if in_groups is not None:
+            results[-1]["groups"] = {g.name: round(float(p), 3) for g, p in zip(groups, in_groups[i])}
     return results
 
 
@@ -138,6 +149,9 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     for face in faces:
         label = f"{face['age']:.0f} ({face['age_interval'][0]:.0f}-{face['age_interval'][1]:.0f}) " \
                 f"{face['gender'][0].upper()} {100 * face['gender_probability']:.0f}%"
+        if face.get("groups"):
+            group, probability = max(face["groups"].items(), key=lambda item: item[1])
+            label += f" {group} {100 * probability:.0f}%"
         draw_labelled_box(canvas, face["box"], label, face["gender"] == "female")
     return canvas
 
@@ -193,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
             tqdm(total=len(photos), desc="predict", unit="photo", disable=None if len(photos) > PROGRESS_FROM else True,
                  dynamic_ncols=True, file=sys.stderr) as bar:
         table = csv.writer(handle)
-        table.writerow(CSV_FIELDS)
+        table.writerow([*CSV_FIELDS, *(f"p_{group.name}" for group in args.groups)])
         for photo, stem in zip(photos, output_names(photos)):
             bar.update()
             try:
@@ -203,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
                 failures += 1
                 continue
             start = time.perf_counter()
-            faces = predict_faces(model, image, settings, pool, args.threads)
+            faces = predict_faces(model, image, settings, pool, args.threads, args.groups)
             record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
             if not faces:
                 record["message"] = "no face found"
@@ -212,7 +226,8 @@ def main(args: argparse.Namespace) -> int:
                 cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
             for index, face in enumerate(faces):
                 table.writerow([photo, index, *face["box"], face["age"], *face["age_interval"], face["gender"],
-                                face["gender_probability"]])
+                                face["gender_probability"],
+                                *(face.get("groups", {}).get(group.name, "") for group in args.groups)])
             if not args.quiet:
                 bar.write(json_text(record, indent=None))
     if failures:

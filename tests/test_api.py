@@ -64,7 +64,8 @@ def test_predict_takes_a_nested_folder_and_a_glob_and_writes_one_csv(tmp_path):
         rows = list(csv.DictReader(handle))
     assert sorted(Path(r["photo"]).name for r in rows) == ["deep.png", "extra.jpg", "middle.jpg", "top.jpg"]
     assert all(r["face"] == "0" and float(r["age_low"]) <= float(r["age"]) <= float(r["age_high"]) for r in rows)
-    assert set(rows[0]) == set(predict.CSV_FIELDS)
+    assert set(rows[0]) == {*predict.CSV_FIELDS, "p_minor", "p_adult"}
+    assert all(abs(float(r["p_minor"]) + float(r["p_adult"]) - 1) < 0.002 for r in rows)
     assert not list((tmp_path / "out").glob("*.annotated.jpg"))
 
 
