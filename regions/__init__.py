@@ -32,6 +32,13 @@ def regions_parser():
     return get_args_parser()
 
 
+def near_duplicates(rows: list[dict], max_distance: int) -> list[tuple[int, int, int]]:
+    """``(i, j, bits)`` for rows whose pictures' perceptual hashes differ in at most
+    ``max_distance`` bits (the report's near-duplicate search)."""
+    from .report import near_duplicates as search
+    return search(rows, max_distance)
+
+
 def build_cache(argv: list[str]) -> int:
     """``agefuse-regions ARGV`` in this process: returns its exit status."""
     from .cli import main
@@ -39,4 +46,4 @@ def build_cache(argv: list[str]) -> int:
 
 
 __all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "build_cache", "decode", "face_crops", "faces_in",
-           "manifest", "parse_size", "read_image_file", "read_settings", "regions_parser"]
+           "manifest", "near_duplicates", "parse_size", "read_image_file", "read_settings", "regions_parser"]

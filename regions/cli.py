@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import crop, labels, manifest
-from agefuse.cli import HelpFormatter, checked, float_in, int_at_least, json_text, output_folder, run_command
+from agefuse.cli import HelpFormatter, checked, existing_file, float_in, int_at_least, json_text, output_folder, run_command
 from .landmarks import DETECTORS
 from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
 
@@ -59,6 +59,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="process only share K of N (0-based); merge with agefuse-regions-merge")
     parser.add_argument("--limit", type=int, default=None,
                         help="process at most this many images of the share (for a quick look)")
+    parser.add_argument("--exclude", default=None, type=existing_file,
+                        help="a file of image ids (or paths) to leave out, one per line: what agefuse-audit "
+                             "found wrong (a CSV with an 'id' column works too)")
     parser.add_argument("--retry-rejected", action="store_true",
                         help="try again the images an earlier run rejected")
     return parser
@@ -118,6 +121,9 @@ def main(args: argparse.Namespace) -> int:
 
     # labels, age groups and the split come from the whole data set, whatever the shard
     items, problems = labels.collect(args.source, args.labels)
+    if args.exclude:
+        items, excluded = labels.exclude(items, args.exclude)
+        problems += excluded
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     with (cache / manifest.LABEL_PROBLEMS).open("w", newline="") as handle:
@@ -136,7 +142,11 @@ def main(args: argparse.Namespace) -> int:
     share = [item for item in items if manifest.in_shard(item.id, args.shard)]
     path = cache / manifest.manifest_name(args.shard)
     wanted = {item.id: item for item in share}
-    previous = [row for row in manifest.read_rows(path) if row["id"] in wanted]
+    previous = manifest.read_rows(path)
+    for row in previous:  # an image no longer asked for (excluded, or gone from the labels): its crops go
+        if row["id"] not in wanted:
+            remove_crops(row, cache)
+    previous = [row for row in previous if row["id"] in wanted]
     # a label fixed since the last run: the row is made again, its crops under the new age group
     relabelled = [row for row in previous if not same_labels(row, wanted[row["id"]], group_of[row["id"]])]
     for row in relabelled:

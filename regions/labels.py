@@ -158,6 +158,25 @@ def _unique(items: list[Item], problems: list[Problem]) -> tuple[list[Item], lis
     return list(seen.values()), problems
 
 
+def exclude(items: list[Item], path: str | Path) -> tuple[list[Item], list[Problem]]:
+    """``items`` less those named in ``path`` (image ids or paths, one per line; or a CSV
+    whose header has an ``id`` column, as agefuse-audit writes); each left out is a
+    ``Problem`` saying so."""
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    if lines and "id" in [c.strip() for c in lines[0].split(",")]:
+        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+            names = {row["id"].strip() for row in csv.DictReader(handle) if row.get("id")}
+    else:
+        names = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    kept, left_out = [], []
+    for item in items:
+        if item.id in names or item.path in names or Path(item.path).name in names:
+            left_out.append(Problem(item.path, f"excluded by {path}"))
+        else:
+            kept.append(item)
+    return kept, left_out
+
+
 def collect(source: str | Path, labels_csv: str | Path | None = None
             ) -> tuple[list[Item], list[Problem]]:
     """Items from a CSV when given, else from the UTKFace names under ``source``."""
