@@ -16,7 +16,7 @@ Offers to the next stage:
 """
 from .backbones import BACKBONES, fold_norms
 from .checkpoint import CheckpointError, load_branch, read_torch_file
-from .data import BRANCH_REGIONS, UNKNOWN_GENDER, CacheError
+from .data import BRANCH_REGIONS, UNKNOWN_GENDER, CacheError, age_range_of
 from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, MAX_AGE, branch_loss,
                     create_model)
 
@@ -29,5 +29,5 @@ def train_branch_parser():
 
 
 __all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "CacheError", "CheckpointError",
-           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "MAX_AGE", "UNKNOWN_GENDER", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
+           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
            "train_branch_parser"]

@@ -46,7 +46,7 @@ def cache_rows(cache: str | Path, region: str, split: str, fusion_holdout: float
     if lacking:
         raise CacheError(f"{cache}: the cache has no {lacking[0]} crops (region {region!r}); "
                          f"rebuild it with agefuse-regions")
-    chosen = [r for r in rows if r["split"] == split
+    chosen = [r for r in rows if r["split"] == split and r.get("age") is not None
               and not (split == "train" and manifest.in_fusion_holdout(r["id"], fusion_holdout))]
     if not chosen:
         raise CacheError(f"{cache}: the {split!r} split is empty "
@@ -59,8 +59,15 @@ def cache_rows(cache: str | Path, region: str, split: str, fusion_holdout: float
     return chosen
 
 
+def age_range_of(row: dict) -> tuple[float, float]:
+    """A manifest row's age label as an inclusive range: (age, age) for an exact age."""
+    return tuple(row["age_range"]) if row.get("age_range") else (row["age"], row["age"])
+
+
 class RegionDataset(Dataset):
-    """``(image uint8 3xHxW RGB, age float, gender int (-1 unknown), group index)``.
+    """``(image uint8 3xHxW RGB, age float, gender int (-1 unknown), group index, age range
+    (2,) float)``: ``age`` is the exact age or a range label's midpoint, ``age range`` the
+    label as (low, high), (age, age) for an exact one.
 
     The crop is resized to ``image_size`` first, so ``transform`` (an albumentations
     pipeline) costs what the network's input size costs.
@@ -80,7 +87,8 @@ class RegionDataset(Dataset):
         group_index = {g: i for i, g in enumerate(groups)}
         self.targets = torch.tensor([[self.rows[i]["age"],
                                       UNKNOWN_GENDER if self.rows[i]["gender"] is None else self.rows[i]["gender"],
-                                      group_index[self.rows[i]["age_group"]]] for _, _, i in self.samples])
+                                      group_index[self.rows[i]["age_group"]], *age_range_of(self.rows[i])]
+                                     for _, _, i in self.samples])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -99,5 +107,6 @@ class RegionDataset(Dataset):
             image = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
         if self.transform is not None:
             image = self.transform(image=np.ascontiguousarray(image))["image"]
-        age, gender, group = self.targets[index].tolist()
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), float(age), gender, group
+        age, gender, group, low, high = self.targets[index].tolist()
+        return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), float(age), int(gender), int(group),
+                torch.tensor([low, high]))

@@ -71,16 +71,34 @@ def model_names() -> list[str]:
     return sorted(BACKBONES)
 
 
+def soft_targets(age_range: torch.Tensor, bins: int, sigma: float = 2.0) -> torch.Tensor:
+    """(N, bins) target distributions over whole years for (N, 2) age labels (low, high):
+    every year of the range, each blurred by a Gaussian of ``sigma`` years, normalised. An
+    exact age (low == high) is one Gaussian around it; a range spreads its mass over the
+    whole range (not its midpoint). Years past the last bin count as the last."""
+    ages = torch.arange(bins, device=age_range.device, dtype=torch.float32)
+    low, high = (age_range[:, i].float().clamp(0, bins - 1)[:, None] for i in (0, 1))
+    inside = ((ages[None] >= low.round()) & (ages[None] <= high.round())).float()
+    kernel = torch.exp(-0.5 * ((ages[:, None] - ages[None, :]) / sigma) ** 2)
+    target = inside @ kernel
+    return target / target.sum(1, keepdim=True)
+
+
 def branch_loss(out: dict[str, torch.Tensor], age: torch.Tensor, gender: torch.Tensor,
-                sigma: float = 2.0, gender_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+                sigma: float = 2.0, gender_weight: float = 0.5,
+                age_range: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Total loss and its parts. ``gender`` < 0 marks an unknown gender (no gender loss).
+    ``age_range`` (N, 2): the labels as (low, high) (default: ``age`` exact); a range is
+    trained as what it says: the distribution's target spread over it (``soft_targets``),
+    and the expectation's L1 only for leaving it.
 
     Ages above the head's ``max_age`` count as ``max_age`` (the head cannot say more)."""
-    l1 = F.l1_loss(out[AGE], age.float())
+    if age_range is None:
+        age_range = torch.stack([age, age], 1)
+    low, high = age_range[:, 0].float(), age_range[:, 1].float()
+    l1 = ((low - out[AGE]).clamp(min=0) + (out[AGE] - high).clamp(min=0)).mean()
     if AGE_LOGITS in out:
-        ages = torch.arange(out[AGE_LOGITS].shape[1], device=age.device, dtype=torch.float32)
-        target = torch.exp(-0.5 * ((ages[None] - age.float().clamp(max=ages[-1])[:, None]) / sigma) ** 2)
-        target = target / target.sum(1, keepdim=True)
+        target = soft_targets(age_range, out[AGE_LOGITS].shape[1], sigma)
         soft_ce = -(target * out[AGE_LOGITS].float().log_softmax(1)).sum(1).mean()
         age_loss = soft_ce + 0.1 * l1
     else:

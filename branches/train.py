@@ -134,13 +134,13 @@ def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bo
     sums, count, start = {"loss": 0.0, "age_l1": 0.0, "gender_correct": 0.0, "gender_known": 0}, 0, time.perf_counter()
     bar = tqdm(loader, desc=description, unit="batch", disable=None if show else True, leave=False,
                dynamic_ncols=True)
-    for images, age, gender, _ in bar:
+    for images, age, gender, _, age_range in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_fn(step)
         images, age, gender = images.to(device, non_blocking=True), age.to(device), gender.to(device)
         with amp:
             out = model(images)
-        loss, parts = branch_loss(out, age, gender)
+        loss, parts = branch_loss(out, age, gender, age_range=age_range.to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -168,11 +168,11 @@ def evaluate(model, loader, device) -> dict:
     face (the eyes) are scored as separate samples here; fusion combines them."""
     model.eval()
     losses, ages, predicted, genders, gender_logits = [], [], [], [], []
-    for images, age, gender, _ in loader:
+    for images, age, gender, _, age_range in loader:
         images, age, gender = images.to(device), age.to(device), gender.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(images)
-        loss, _ = branch_loss(out, age, gender)
+        loss, _ = branch_loss(out, age, gender, age_range=age_range.to(device))
         losses.append(loss.item() * len(age))
         ages.append(age.cpu())
         predicted.append(out["age"].float().cpu())

@@ -226,7 +226,10 @@ def main(args: argparse.Namespace) -> int:
     split = args.split if args.cache else "all"
     every = manifest.load(cache)
     chosen = [r for r in every if split == "all" or r["split"] == split]
-    rows = [r for r in chosen if r["status"] != "rejected"]
+    rows = [r for r in chosen if r["status"] != "rejected" and r.get("age") is not None]
+    if chosen and not any(r.get("age") is not None for r in chosen):
+        raise SystemExit(f"error: {cache} has no labels to evaluate against (a label-free cache): agefuse-predict "
+                         f"estimates its faces; give --labels to evaluate")
     no_face = [r["source"] for r in chosen if r["status"] == "fallback" or
                (r["status"] == "rejected" and r.get("faces") == 0)]
     unreadable = [f"{r['source']}: {r['reason']}" for r in chosen if r["status"] == "rejected" and r.get("faces") != 0]

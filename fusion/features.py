@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from branches import BRANCH_REGIONS, UNKNOWN_GENDER
+from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of
 from regions import manifest
 
 from .model import FusedModel
@@ -80,6 +80,7 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
         present.append(mask)
     return {"features": torch.cat(features).numpy(), "present": torch.cat(present).numpy(),
             "age": np.array([r["age"] for r in rows], np.float32),
+            "age_range": np.array([age_range_of(r) for r in rows], np.float32),
             "gender": np.array([UNKNOWN_GENDER if r["gender"] is None else r["gender"] for r in rows]),
             "race": np.array([-1 if r.get("race") is None else r["race"] for r in rows]),
             "id": np.array([r["id"] for r in rows])}
@@ -95,6 +96,7 @@ def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict
         with np.load(path) as data:
             return dict(data)
     rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split
+            and r.get("age") is not None
             and (fusion_holdout <= 0 or manifest.in_fusion_holdout(r["id"], fusion_holdout))]
     if not rows:
         raise ValueError(f"{cache}: the {split!r} split is empty")

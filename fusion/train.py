@@ -77,13 +77,16 @@ def branch_paths(spec: str, runs: str) -> dict[str, Path]:
 
 
 def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.as_tensor(data[k]).to(device) for k in ("features", "present", "age", "gender"))
+    """features, present, age, gender, age range: the head's inputs and labels."""
+    age_range = data.get("age_range", np.stack([data["age"], data["age"]], 1))  # features cached before ranges
+    return tuple(torch.as_tensor(v).to(device) for v in
+                 (data["features"], data["present"], data["age"], data["gender"], age_range))
 
 
-def head_loss(model: FusedModel, features, present, age, gender) -> torch.Tensor:
+def head_loss(model: FusedModel, features, present, age, gender, age_range) -> torch.Tensor:
     logits, gender_logit = model.head(head_input(features, present))
     out = {AGE_LOGITS: logits, AGE: (logits.softmax(1) * model.ages).sum(1), GENDER_LOGIT: gender_logit}
-    return branch_loss(out, age, gender)[0]
+    return branch_loss(out, age, gender, age_range=age_range)[0]
 
 
 def fit_temperature(model: FusedModel, features, present, age) -> float:
@@ -142,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         cut = int(len(order) * args.calibration_share)
         calibration = {k: v[order[:cut]] for k, v in train.items()}
         train = {k: v[order[cut:]] for k, v in train.items()}
-    features, present, age, gender = tensors(train, device)
+    features, present, age, gender, age_range = tensors(train, device)
     val_tensors = tensors(val, device)
     print(f"fusing {', '.join(model.regions)}: {len(age)} training faces for the head, "
           f"{len(calibration['age'])} {calibrate_on} faces for the interval, {len(val['age'])} validation faces")
@@ -159,7 +162,8 @@ def main(args: argparse.Namespace) -> int:
         for start in range(0, len(age), batch_size):
             index = order[start:start + batch_size].to(device)
             keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
-            loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index])
+            loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index],
+                             age_range[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

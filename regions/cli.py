@@ -34,7 +34,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("source", help="folder of face images (UTKFace names give the labels)")
     parser.add_argument("--cache", required=True, type=output_folder, help="output folder of crops and manifest")
     parser.add_argument("--labels", default=None,
-                        help="CSV with columns path,age[,gender] instead of UTKFace names")
+                        help="labels file instead of UTKFace names: a CSV path,age[,gender] (an age is 34 or a "
+                             "range 25-32), or with --labels-format adience a fold_*_data.txt (or their folder)")
+    parser.add_argument("--labels-format", choices=labels.LABEL_FORMATS, default="auto",
+                        help="auto: the CSV when --labels is given, else UTKFace names, else label-free (a "
+                             "cache for prediction and audit: no age groups, no split); none: label-free")
     parser.add_argument("--detector", choices=DETECTORS, default=Settings.detector,
                         help="dlib HOG (fast) or dlib's MMOD CNN (robust to pose and light)")
     parser.add_argument("--upsample", type=int_at_least(0), default=Settings.upsample,
@@ -93,8 +97,10 @@ def check_settings(cache: Path, settings: Settings) -> None:
 
 def same_labels(row: dict, item, group: str) -> bool:
     """Whether a cached row was made from the labels (and age group) the source now gives."""
-    return (row.get("age"), row.get("gender"), row.get("race"), row.get("age_group"), row.get("source")) == \
-        (item.age, item.gender, item.race, group, item.path)
+    recorded = row.get("age_range")
+    return (row.get("age"), row.get("gender"), row.get("race"), row.get("age_group"), row.get("source"),
+            tuple(recorded) if recorded else None) == \
+        (item.age, item.gender, item.race, group, item.path, item.age_range)
 
 
 def remove_crops(row: dict, cache: Path) -> None:
@@ -120,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     remove_stale_temporaries(cache)
 
     # labels, age groups and the split come from the whole data set, whatever the shard
-    items, problems = labels.collect(args.source, args.labels)
+    items, problems = labels.collect(args.source, args.labels, args.labels_format)
     if args.exclude:
         items, excluded = labels.exclude(items, args.exclude)
         problems += excluded
@@ -131,12 +137,17 @@ def main(args: argparse.Namespace) -> int:
         writer.writerow(["path", "reason"])
         writer.writerows([p.path, p.reason] for p in problems)
     if not items:
-        raise SystemExit(f"error: no labelled images under {args.source}")
+        raise SystemExit(f"error: no images under {args.source}")
+    if all(item.age is None for item in items):
+        print(f"{args.source}: no labels (no UTKFace names, no --labels): a label-free cache, for prediction "
+              f"and audit; its images are in {manifest.UNLABELLED}/, with no split", file=sys.stderr)
     groups = manifest.parse_age_groups(settings.age_groups)
-    group_of = {item.id: manifest.age_group(item.age, groups) for item in items}
+    group_of = {item.id: manifest.UNLABELLED if item.age is None else manifest.age_group(item.age, groups)
+                for item in items}
     by_group: dict[str, list[str]] = {}
     for image_id, group in group_of.items():
-        by_group.setdefault(group, []).append(image_id)
+        if group != manifest.UNLABELLED:
+            by_group.setdefault(group, []).append(image_id)
     split = manifest.assign_split(by_group, settings.seed, settings.split)
 
     share = [item for item in items if manifest.in_shard(item.id, args.shard)]
@@ -154,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
     kept = [row for row in previous if row not in relabelled and is_complete(row, cache)
             and not (args.retry_rejected and row["status"] == "rejected")]
     for row in kept:  # the split is the whole set's: a moved label can move others' split
-        row["split"] = split[row["id"]]
+        row["split"] = split.get(row["id"])
     done = {row["id"] for row in kept}
     manifest.write_rows(path, kept)  # drops rows cut short, stale, relabelled or to be redone
     todo = [item for item in share if item.id not in done][: args.limit]
@@ -175,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
                 results = map(_work, tasks)
             for row in tqdm(results, total=len(tasks), desc="regions", unit="img",
                             disable=None, dynamic_ncols=True):
-                row["split"] = split[row["id"]]
+                row["split"] = split.get(row["id"])
                 if row["status"] == "rejected":
                     tqdm.write(f"skipped {row['source']}: {row['reason']}", file=sys.stderr)
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
@@ -213,14 +224,14 @@ def summarize(rows: list[dict], problems: list, processed: int, elapsed: float) 
         "label_problems": len(problems),
         "per_age_group": dict(sorted(per_group.items(), key=lambda kv: _group_key(kv[0]))),
         "per_region": dict(per_region),
-        "per_split": dict(Counter(r["split"] for r in cached)),
+        "per_split": dict(Counter(str(r["split"]) for r in cached)),
         "processed_this_run": processed, "seconds": round(elapsed, 2),
         "images_per_second": round(processed / elapsed, 1) if elapsed > 0 else None,
     }
 
 
 def _group_key(label: str) -> int:
-    return int(label.rstrip("+").split("-")[0])
+    return int(label.rstrip("+").split("-")[0]) if label[:1].isdigit() else 10**6
 
 
 def print_summary(summary: dict, path: Path) -> None:

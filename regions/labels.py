@@ -1,9 +1,16 @@
 """Labels: where each image's age (and gender, race) comes from.
 
-Two sources:
+Three sources (``--labels-format``):
 - UTKFace file names, ``<age>_<gender>_<race>_<date&time>.jpg.chip.jpg``;
 - a CSV with a header ``path,age[,gender]`` for a user's own data set (paths relative to
-  the CSV's folder, or absolute).
+  the CSV's folder, or absolute); an age is a number (``34``) or a range (``25-32``,
+  ``(25, 32)``), mixed freely;
+- Adience's fold files (``fold_*_data.txt``, tab-separated; ``age`` a range such as
+  ``(25, 32)`` or a number, ``gender`` ``m``/``f``/``u``), the faces found under the image
+  folder by ``user_id``, ``face_id`` and ``original_image``.
+
+A folder with none of these is label-free: every image is an ``Item`` with no age (a
+cache for prediction and audit, no split).
 
 A name or row that cannot be read, or a label out of range, is reported as a ``Problem``
 (file and reason) and skipped: a label is never guessed.
@@ -28,12 +35,15 @@ _UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<dat
 
 @dataclass(frozen=True)
 class Item:
-    """One labelled image to process."""
+    """One image to process. ``age`` is the exact age, or for a range label its midpoint
+    (what places it in an age group); ``age_range`` is (low, high), inclusive, for a range
+    and None for an exact age; both None for a label-free image."""
     id: str
     path: str
-    age: int
+    age: int | None
     gender: int | None = None
     race: int | None = None
+    age_range: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,25 @@ def check_age(age: int) -> int:
     if not 0 <= age <= MAX_AGE:
         raise LabelError(f"age {age} is outside 0..{MAX_AGE}")
     return age
+
+
+_RANGE = re.compile(r"^\(?\s*(\d+(?:\.0*)?)\s*(?:-|,|\u2013)\s*(\d+(?:\.0*)?)\s*\)?$")
+
+
+def parse_age(text: str) -> tuple[int, tuple[int, int] | None]:
+    """``"34"`` -> (34, None); ``"25-32"`` or ``"(25, 32)"`` -> (28, (25, 32)): the midpoint
+    and the range. ``LabelError`` says what is wrong (not a number, an empty or reversed
+    range, outside 0..MAX_AGE)."""
+    text = text.strip()
+    match = _RANGE.match(text)
+    if match is None:
+        return check_age(_integer(text, "age")), None
+    low, high = int(float(match[1])), int(float(match[2]))
+    if high < low:
+        raise LabelError(f"age range {text!r} is empty (it ends before it starts)")
+    if high > MAX_AGE:
+        raise LabelError(f"age range {text!r} goes outside 0..{MAX_AGE}")
+    return ((low + high) // 2, (low, high)) if high > low else (low, None)
 
 
 def check_gender(gender: int | None) -> int | None:
@@ -128,9 +157,9 @@ def csv_items(csv_path: str | Path) -> tuple[list[Item], list[Problem]]:
                 path = Path(row["path"])
                 path = path if path.is_absolute() else csv_path.parent / path
                 gender = row.get("gender", "")
-                items.append(Item(
-                    id=image_id(path), path=str(path), age=check_age(_integer(row["age"], "age")),
-                    gender=check_gender(_integer(gender, "gender") if gender else None)))
+                age, age_range = parse_age(row["age"])
+                items.append(Item(id=image_id(path), path=str(path), age=age, age_range=age_range,
+                                  gender=check_gender(_integer(gender, "gender") if gender else None)))
             except LabelError as err:
                 problems.append(Problem(f"{where} ({row.get('path', '')})", str(err)))
     return _unique(items, problems)
@@ -177,12 +206,77 @@ def exclude(items: list[Item], path: str | Path) -> tuple[list[Item], list[Probl
     return kept, left_out
 
 
-def collect(source: str | Path, labels_csv: str | Path | None = None
+ADIENCE_GENDERS = {"m": 0, "f": 1, "u": None, "": None}
+
+
+def adience_items(fold: str | Path, source: str | Path) -> tuple[list[Item], list[Problem]]:
+    """Faces of Adience fold files (a ``fold_*_data.txt``, or a folder of them) found under
+    ``source``: ``<user_id>/<prefix>.<face_id>.<original_image>``, as Adience's ``aligned/``
+    and ``faces/`` folders name them."""
+    fold = Path(fold)
+    files = sorted(fold.glob("fold_*_data.txt")) if fold.is_dir() else [fold]
+    if not files:
+        raise FileNotFoundError(f"{fold}: no fold_*_data.txt files here")
+    index: dict[tuple[str, str], Path] = {}
+    for path in Path(source).rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and "." in path.name:
+            index.setdefault((path.parent.name, path.name.split(".", 1)[1]), path)
+    items, problems = [], []
+    for fold_file in files:
+        with fold_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            columns = {c.strip() for c in reader.fieldnames or []}
+            if not {"user_id", "original_image", "face_id", "age", "gender"} <= columns:
+                raise LabelError(f"{fold_file}: not an Adience fold file (it needs the columns user_id, "
+                                 f"original_image, face_id, age, gender; found {sorted(columns)})")
+            for line, row in enumerate(reader, start=2):
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                where = f"{fold_file}:{line}"
+                try:
+                    path = index.get((row["user_id"], f"{row['face_id']}.{row['original_image']}"))
+                    if path is None:
+                        raise LabelError(f"no image {row['user_id']}/*.{row['face_id']}.{row['original_image']} "
+                                         f"under {source}")
+                    if row["age"] in ("", "None"):
+                        raise LabelError("no age")
+                    age, age_range = parse_age(row["age"])
+                    if row["gender"].lower() not in ADIENCE_GENDERS:
+                        raise LabelError(f"gender {row['gender']!r} is not m, f or u")
+                    items.append(Item(id=image_id(path), path=str(path), age=age, age_range=age_range,
+                                      gender=ADIENCE_GENDERS[row["gender"].lower()]))
+                except LabelError as err:
+                    problems.append(Problem(where, str(err)))
+    return _unique(items, problems)
+
+
+def unlabelled_items(folder: str | Path) -> list[Item]:
+    """Every image file below ``folder``, without labels."""
+    return [Item(id=image_id(p), path=str(p), age=None)
+            for p in sorted(p for p in Path(folder).rglob("*") if _is_image(p))]
+
+
+LABEL_FORMATS = ("auto", "utkface", "csv", "adience", "none")
+
+
+def collect(source: str | Path, labels: str | Path | None = None, labels_format: str = "auto"
             ) -> tuple[list[Item], list[Problem]]:
-    """Items from a CSV when given, else from the UTKFace names under ``source``."""
-    if labels_csv is not None:
-        return csv_items(labels_csv)
+    """Items of ``labels_format``: ``csv`` or ``adience`` from the ``labels`` file, ``utkface``
+    from the names under ``source``, ``none`` without labels; ``auto``: the CSV when
+    ``labels`` is given, else UTKFace names, else (no name parses) label-free."""
     source = Path(source)
+    if labels_format not in LABEL_FORMATS:
+        raise ValueError(f"unknown labels format {labels_format!r}; choose one of {LABEL_FORMATS}")
+    if labels_format in ("csv", "adience") or labels is not None:
+        if labels is None:
+            raise ValueError(f"--labels-format {labels_format} reads the labels from --labels FILE")
+        if labels_format == "adience":
+            return adience_items(labels, source)
+        return csv_items(labels)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: image folder not found")
-    return utkface_items(source)
+    if labels_format == "none":
+        return _unique(unlabelled_items(source), [])
+    items, problems = utkface_items(source)
+    if labels_format == "auto" and not items:
+        return _unique(unlabelled_items(source), [])
+    return items, problems

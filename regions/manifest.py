@@ -36,6 +36,7 @@ SPLITS = ("train", "val", "test")
 STATUSES = ("ok", "fallback", "rejected")
 DEFAULT_AGE_GROUPS = "0-2,3-9,10-19,20-29,30-39,40-49,50-59,60-69,70+"
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+UNLABELLED = "unlabelled"  # the age-group folder of a label-free image (its split is null)
 
 
 # ---- age groups ---------------------------------------------------------------------------

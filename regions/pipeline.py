@@ -152,7 +152,8 @@ def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int |
 def process_image(item: Item, group: str, cache: str, settings: Settings) -> dict:
     """Crops of one image written under ``cache``; returns its manifest row."""
     row = {"id": item.id, "source": item.path, "age": item.age, "gender": item.gender,
-           "race": item.race, "age_group": group, "status": "rejected", "reason": None}
+           "race": item.race, "age_group": group, "status": "rejected", "reason": None,
+           "age_range": list(item.age_range) if item.age_range else None}
     try:
         image = decode(read_image_file(item.path))
     except (OSError, ValueError) as err:
