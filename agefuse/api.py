@@ -52,7 +52,9 @@ class Estimator:
     ``model``: a ``fused.pt`` (default: the UTKFace model installed with agefuse);
     ``detector``/``upsample``: as ``agefuse-predict`` (default: as the model's training cache);
     ``whole_image_fallback``: an image with no detected face is taken as one cropped face;
-    ``threads``: CPU cores (branches side by side, the detection shared between two)."""
+    ``threads``: CPU cores (branches side by side, the detection shared between two); more
+    than one sets torch's thread count, which is one for the whole process, so the default
+    leaves it alone."""
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu", detector: str | None = None,
                  upsample: int | None = None, whole_image_fallback: bool = False, threads: int = 1):
@@ -66,7 +68,7 @@ class Estimator:
             from fusion import branch_pool, crop_settings, load_fused
             self._model, _ = load_fused(self.path, self.device)
             self._settings = crop_settings(self._model, self.detector, self.upsample, self.fallback)
-            self._pool = branch_pool(self._model, self.threads)
+            self._pool = branch_pool(self._model, self.threads) if self.threads > 1 else None
         return self._model
 
     def estimate(self, image: Image, channels: Channels | None = None) -> list[dict]:

@@ -8,6 +8,7 @@ so a bad value is one usage line naming the option, never a traceback.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from collections.abc import Callable
@@ -17,12 +18,12 @@ from pathlib import Path
 def run_command(get_args_parser: Callable, main: Callable, errors: tuple[type[BaseException], ...] = ()) -> int:
     try:
         return main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError, *errors) as err:
+    except (OSError, ValueError, csv.Error, *errors) as err:  # a file we were handed, or its contents
         raise SystemExit(f"error: {err}")
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An integer option of at least ``low``."""
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer option of at least ``low`` (and at most ``high``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -30,6 +31,8 @@ def int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above {high}")
         return value
     parse.__name__ = f"integer >= {low}"
     return parse

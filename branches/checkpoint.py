@@ -7,6 +7,7 @@ Keys: ``model``, ``optimizer``, ``sampler``, ``stop``, ``round``, ``history``, `
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +36,11 @@ def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):
     nothing in it runs; a file that is not one (random bytes, a pickle with code in it) is a
     ``CheckpointError`` of one line naming it, not torch's traceback."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about a foreign pickle's protocol before refusing it: the refusal
+            # below is the one line the user needs
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or foreign file
         text = str(err).strip()
         reason = text.splitlines()[0][:160] if text else type(err).__name__

@@ -69,7 +69,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="stop when the last k validation losses differ by less than this (relative)")
     parser.add_argument("--max-rounds", type=int_at_least(1), default=StopRule.max_rounds,
                         help="bootstrap rounds at most: with the stop rule, what a recipe fixes")
-    parser.add_argument("--time-limit", type=float, default=None,
+    parser.add_argument("--time-limit", type=float_in(0, 10**6, low_open=True), default=None,
                         help="minutes: no new round starts that would end past this")
     # optimisation
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="per process")

@@ -1,7 +1,9 @@
 """fusion: the dense head over the branches, and everything that uses the fused model.
 
 Commands: ``agefuse-train-fusion`` (``fusion.train``), ``agefuse-evaluate``,
-``agefuse-predict``, ``agefuse-export``.
+``agefuse-predict``, ``agefuse-export`` (also ``--format onnx``: ``fusion.onnx``),
+``agefuse-audit`` (``fusion.audit``: suspect labels, near duplicates), ``agefuse-serve``
+(``fusion.serve``: a local HTTP service and page).
 Reads: the regions cache and each branch's ``best.pt``. Writes: ``FUSED/fused.pt`` (branches,
 head, the interval's temperature and the cache's crop settings in one file; docs/formats.md),
 evaluation tables and plots, predictions as JSON and annotated photos.

@@ -36,7 +36,8 @@ AGE_SCALE = 15.0  # years outside the interval that make a label fully suspect
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Rank a data set's labels by how wrong they look to a model.",
                                      add_help=add_help, formatter_class=HelpFormatter)
-    parser.add_argument("--cache", required=True, help="a regions cache with labels")
+    parser.add_argument("--cache", required=True,
+                        help="a regions cache (a label-free one gets its near duplicates listed only)")
     parser.add_argument("--model", default=None, type=existing_file,
                         help="fused.pt (default: the UTKFace model installed with agefuse)")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for suspects.csv/png, leaks.csv")
@@ -81,14 +82,34 @@ def contact_sheet(cache: Path, rows: list[dict], table: list[dict], path: Path, 
     plt.close(fig)
 
 
+def write_leaks(rows: list[dict], bits: int, path: Path) -> list[tuple]:
+    """Near-duplicate pairs in different splits (a leak), or, in a label-free cache with no
+    splits, all of them (the same picture twice); written to ``path``."""
+    rows = [r for r in rows if r.get("phash")]
+    leaks = [(rows[i], rows[j], apart) for i, j, apart in near_duplicates(rows, bits)
+             if rows[i]["split"] != rows[j]["split"] or rows[i]["split"] is None]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id_a", "split_a", "id_b", "split_b", "bits_apart"])
+        writer.writerows([a["id"], a["split"], b["id"], b["split"], apart] for a, b, apart in leaks)
+    return leaks
+
+
 def main(args: argparse.Namespace) -> int:
     model, _ = load_fused(args.model)
     cache, out = Path(args.cache), Path(args.out)
-    rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r.get("age") is not None
-            and (args.split == "all" or r["split"] == args.split)]
-    if not rows:
-        raise ValueError(f"{cache}: no labelled faces to audit ({args.split} split)")
+    every = [r for r in manifest.load(cache) if r["status"] != "rejected"]
+    rows = [r for r in every if r.get("age") is not None and (args.split == "all" or r["split"] == args.split)]
+    if not every:
+        raise ValueError(f"{cache}: no cached faces to audit")
     out.mkdir(parents=True, exist_ok=True)
+    leaks = write_leaks(every, args.duplicate_bits, out / "leaks.csv")
+    if not rows:
+        if any(r.get("age") is not None for r in every):
+            raise ValueError(f"{cache}: no labelled faces in the {args.split} split to audit")
+        print(f"{cache} is label-free: no labels to check; {len(leaks)} near-duplicate pairs "
+              f"(the same picture twice) -> {out / 'leaks.csv'}")
+        return 0
     data = extract(model, cache, rows, desc="auditing")
     with torch.no_grad():
         predicted = model.predict(torch.from_numpy(data["features"]), torch.from_numpy(data["present"]))
@@ -113,13 +134,6 @@ def main(args: argparse.Namespace) -> int:
         writer.writerows({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in entry.items()} for entry in table)
     contact_sheet(cache, rows, table[:args.top], out / "suspects.png")
 
-    every = [r for r in manifest.load(cache) if r["status"] != "rejected" and r.get("phash")]
-    leaks = [(every[i], every[j], bits) for i, j, bits in near_duplicates(every, args.duplicate_bits)
-             if every[i]["split"] != every[j]["split"]]
-    with (out / "leaks.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id_a", "split_a", "id_b", "split_b", "bits_apart"])
-        writer.writerows([a["id"], a["split"], b["id"], b["split"], bits] for a, b, bits in leaks)
 
     flagged = int((scores["suspicion"] >= 0.5).sum())
     print(f"{len(rows)} labelled faces audited; {flagged} with a suspicion of 0.5 or more "

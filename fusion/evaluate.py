@@ -88,6 +88,7 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
                                                                out["age_high"].numpy()[checked])
                         if checked.any() else None,
                         "interval_checked_faces": int(checked.sum()),
+                        "interval": model.interval,
                         "age_groups": group_report(data["age"], fused["groups"], groups)}}
     for i, region in enumerate(model.regions):
         have = data["present"][:, i]
@@ -163,7 +164,8 @@ def interval_line(fused: dict) -> str:
     checked = fused["interval_checked_faces"]
     if not checked:
         return "Interval coverage: n/a (every face here was used to fit the interval)."
-    return (f"Fused {100 * fused['interval_coverage']:.1f}% of true ages inside the stated 80% interval "
+    return (f"Fused {100 * fused['interval_coverage']:.1f}% of true ages inside the stated "
+            f"{100 * fused.get('interval', 0.8):.0f}% interval "
             f"({checked} faces" + (", those the interval was not fitted on)." if checked < fused["n"] else ")."))
 
 

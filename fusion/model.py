@@ -68,6 +68,10 @@ def head_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 class FusedModel(nn.Module):
     INTERVAL = 0.8  # the stated age interval's coverage, unless agefuse-train-fusion --interval says
+    # forward's columns (for export), then one age per branch; the interval's ends are whole
+    # years (a count of the distribution's bins), so another runtime may flip one by a year
+    COLUMNS = ("age", "age_low", "age_high", "gender_female")
+    WHOLE_YEARS = ("age_low", "age_high")
 
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
                  interval: float = INTERVAL, crop_settings: CropSettings | None = None):
@@ -158,11 +162,9 @@ class FusedModel(nn.Module):
                 "branch_ages": self.block.age(features)}
 
     def forward(self, views: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
-        """One tensor out (for export): columns age, age_low, age_high, P(female), then each
-        branch's own age."""
+        """One tensor out (for export): the ``COLUMNS``, then each branch's own age."""
         out = self.predict(self.features(views), present)
-        return torch.cat([out["age"][:, None], out["age_low"][:, None], out["age_high"][:, None],
-                          out["gender_female"][:, None], out["branch_ages"]], 1)
+        return torch.cat([out[name][:, None] for name in self.COLUMNS] + [out["branch_ages"]], 1)
 
 
 def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], dict[str, dict]]:

@@ -29,7 +29,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="fused.pt (default: the UTKFace model installed with agefuse)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 opens it to the network (no authentication)")
-    parser.add_argument("--port", type=int_at_least(1), default=8000)
+    parser.add_argument("--port", type=int_at_least(1, 65535), default=8000, help="TCP port to listen on")
     parser.add_argument("--max-bytes", type=int_at_least(1), default=20 * 2**20, help="largest upload, in bytes")
     parser.add_argument("--max-pixels", type=int_at_least(1), default=40_000_000, help="largest image, width x height")
     parser.add_argument("--threads", type=int_at_least(1), default=2, help="CPU cores for one estimate")
@@ -107,8 +107,10 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
             faces = await run_in_threadpool(estimate, data)
         except TooLarge as err:
             return refuse(413, str(err))
-        except ValueError as err:
-            return refuse(415 if "decodable" in str(err) or "not a" in str(err) else 400, str(err))
+        except ValueError as err:  # decode's reasons: too large, too small, truncated, not an image
+            reason = str(err)
+            status = 413 if reason.startswith("too large") else 415 if "decodable" in reason or "not a" in reason else 400
+            return refuse(status, reason)
         return {"faces": faces, "message": None if faces else "no face found"}
 
     return app

@@ -41,9 +41,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
     parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for fused.pt and the cached features")
-    parser.add_argument("--epochs", type=int_at_least(1), default=40)
-    parser.add_argument("--batch-size", type=int_at_least(1), default=256)
-    parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3)
+    parser.add_argument("--epochs", type=int_at_least(1), default=40, help="passes over the training faces")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="faces per step")
+    parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
     parser.add_argument("--interval", type=float_in(0.05, 0.99), default=FusedModel.INTERVAL,
@@ -57,7 +57,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "would give too narrow an interval)")
     parser.add_argument("--calibration-share", type=float_in(0, 0.9, low_open=True), default=0.1,
                         help="with --calibrate-on train: share of the head's faces kept for the temperature")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="for the head's initialisation, dropout and batches")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda")
     return parser
 

@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes (1 = no pool)")
     parser.add_argument("--shard", type=checked(manifest.parse_shard), default="0/1",
                         help="process only share K of N (0-based); merge with agefuse-regions-merge")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=int_at_least(1), default=None,
                         help="process at most this many images of the share (for a quick look)")
     parser.add_argument("--exclude", default=None, type=existing_file,
                         help="a file of image ids (or paths) to leave out, one per line: what agefuse-audit "
@@ -96,11 +96,11 @@ def check_settings(cache: Path, settings: Settings) -> None:
 
 
 def same_labels(row: dict, item, group: str) -> bool:
-    """Whether a cached row was made from the labels (and age group) the source now gives."""
+    """Whether a cached row was made from the labels (and age group) the source now gives.
+    Where the image lies is not a label: a moved folder keeps its crops."""
     recorded = row.get("age_range")
-    return (row.get("age"), row.get("gender"), row.get("race"), row.get("age_group"), row.get("source"),
-            tuple(recorded) if recorded else None) == \
-        (item.age, item.gender, item.race, group, item.path, item.age_range)
+    return (row.get("age"), row.get("gender"), row.get("race"), row.get("age_group"),
+            tuple(recorded) if recorded else None) == (item.age, item.gender, item.race, group, item.age_range)
 
 
 def remove_crops(row: dict, cache: Path) -> None:
@@ -148,7 +148,9 @@ def main(args: argparse.Namespace) -> int:
     for image_id, group in group_of.items():
         if group != manifest.UNLABELLED:
             by_group.setdefault(group, []).append(image_id)
-    split = manifest.assign_split(by_group, settings.seed, settings.split)
+    subject_of = {item.id: item.subject for item in items if item.subject is not None}
+    split = manifest.assign_split(by_group, settings.seed, settings.split,
+                                  subject_of if len(subject_of) == len(items) else None)
 
     share = [item for item in items if manifest.in_shard(item.id, args.shard)]
     path = cache / manifest.manifest_name(args.shard)
@@ -159,13 +161,15 @@ def main(args: argparse.Namespace) -> int:
             remove_crops(row, cache)
     previous = [row for row in previous if row["id"] in wanted]
     # a label fixed since the last run: the row is made again, its crops under the new age group
-    relabelled = [row for row in previous if not same_labels(row, wanted[row["id"]], group_of[row["id"]])]
-    for row in relabelled:
-        remove_crops(row, cache)
-    kept = [row for row in previous if row not in relabelled and is_complete(row, cache)
+    relabelled = {row["id"] for row in previous if not same_labels(row, wanted[row["id"]], group_of[row["id"]])}
+    for row in previous:
+        if row["id"] in relabelled:
+            remove_crops(row, cache)
+    kept = [row for row in previous if row["id"] not in relabelled and is_complete(row, cache)
             and not (args.retry_rejected and row["status"] == "rejected")]
     for row in kept:  # the split is the whole set's: a moved label can move others' split
         row["split"] = split.get(row["id"])
+        row["source"] = wanted[row["id"]].path
     done = {row["id"] for row in kept}
     manifest.write_rows(path, kept)  # drops rows cut short, stale, relabelled or to be redone
     todo = [item for item in share if item.id not in done][: args.limit]

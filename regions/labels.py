@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_AGE = 120  # UTKFace goes to 116; anything beyond is a typo, not a person
@@ -37,13 +40,15 @@ _UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<dat
 class Item:
     """One image to process. ``age`` is the exact age, or for a range label its midpoint
     (what places it in an age group); ``age_range`` is (low, high), inclusive, for a range
-    and None for an exact age; both None for a label-free image."""
+    and None for an exact age; both None for a label-free image. ``subject``: the person,
+    where the labels say (Adience's ``user_id``), so one person's photos share a split."""
     id: str
     path: str
     age: int | None
     gender: int | None = None
     race: int | None = None
     age_range: tuple[int, int] | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,23 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files below ``folder``, sorted, leaving out any agefuse cache inside it (a
+    cache written into the folder it was made from must not become its own input)."""
+    found = []
+    for root, folders, files in os.walk(folder, followlinks=True):
+        if manifest.SETTINGS in files and Path(root) != Path(folder):
+            folders.clear()
+            continue
+        folders[:] = [f for f in folders if not (Path(root, f) / manifest.SETTINGS).exists()]
+        found.extend(p for p in (Path(root, f) for f in files) if _is_image(p))
+    return sorted(found)
+
+
 def utkface_items(folder: str | Path) -> tuple[list[Item], list[Problem]]:
     """Every image file below ``folder`` labelled from its name, sorted by id."""
     items, problems = [], []
-    for path in sorted(p for p in Path(folder).rglob("*") if _is_image(p)):
+    for path in image_files(folder):
         try:
             items.append(parse_utkface_name(path))
         except LabelError as err:
@@ -191,18 +209,26 @@ def exclude(items: list[Item], path: str | Path) -> tuple[list[Item], list[Probl
     """``items`` less those named in ``path`` (image ids or paths, one per line; or a CSV
     whose header has an ``id`` column, as agefuse-audit writes); each left out is a
     ``Problem`` saying so."""
-    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    if lines and "id" in [c.strip() for c in lines[0].split(",")]:
-        with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-            names = {row["id"].strip() for row in csv.DictReader(handle) if row.get("id")}
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    header = [c.strip().strip('"').lower() for c in lines[0].split(",")] if lines else []
+    if "id" in header:
+        column = header.index("id")
+        names = {row[column].strip() for row in csv.reader(lines[1:]) if len(row) > column and row[column].strip()}
     else:
-        names = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-    kept, left_out = [], []
+        names = set(lines)
+    kept, left_out, matched = [], [], set()
     for item in items:
-        if item.id in names or item.path in names or Path(item.path).name in names:
+        hit = names & {item.id, item.path, Path(item.path).name}
+        if hit:
+            matched |= hit
             left_out.append(Problem(item.path, f"excluded by {path}"))
         else:
             kept.append(item)
+    unmatched = sorted(names - matched)
+    if unmatched:  # a typo or another data set's ids: said, so the user does not think them gone
+        left_out.append(Problem(str(path), f"{len(unmatched)} name(s) match no image here, e.g. "
+                                           + ", ".join(unmatched[:3])))
     return kept, left_out
 
 
@@ -218,8 +244,8 @@ def adience_items(fold: str | Path, source: str | Path) -> tuple[list[Item], lis
     if not files:
         raise FileNotFoundError(f"{fold}: no fold_*_data.txt files here")
     index: dict[tuple[str, str], Path] = {}
-    for path in Path(source).rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and "." in path.name:
+    for path in image_files(source):
+        if "." in path.name:
             index.setdefault((path.parent.name, path.name.split(".", 1)[1]), path)
     items, problems = [], []
     for fold_file in files:
@@ -243,7 +269,7 @@ def adience_items(fold: str | Path, source: str | Path) -> tuple[list[Item], lis
                     if row["gender"].lower() not in ADIENCE_GENDERS:
                         raise LabelError(f"gender {row['gender']!r} is not m, f or u")
                     items.append(Item(id=image_id(path), path=str(path), age=age, age_range=age_range,
-                                      gender=ADIENCE_GENDERS[row["gender"].lower()]))
+                                      gender=ADIENCE_GENDERS[row["gender"].lower()], subject=row["user_id"]))
                 except LabelError as err:
                     problems.append(Problem(where, str(err)))
     return _unique(items, problems)
@@ -252,7 +278,7 @@ def adience_items(fold: str | Path, source: str | Path) -> tuple[list[Item], lis
 def unlabelled_items(folder: str | Path) -> list[Item]:
     """Every image file below ``folder``, without labels."""
     return [Item(id=image_id(p), path=str(p), age=None)
-            for p in sorted(p for p in Path(folder).rglob("*") if _is_image(p))]
+            for p in image_files(folder)]
 
 
 LABEL_FORMATS = ("auto", "utkface", "csv", "adience", "none")
@@ -266,6 +292,9 @@ def collect(source: str | Path, labels: str | Path | None = None, labels_format:
     source = Path(source)
     if labels_format not in LABEL_FORMATS:
         raise ValueError(f"unknown labels format {labels_format!r}; choose one of {LABEL_FORMATS}")
+    if labels is not None and labels_format in ("utkface", "none"):
+        raise ValueError(f"--labels {labels} and --labels-format {labels_format} contradict each other: "
+                         f"{labels_format} reads no labels file (drop one of them)")
     if labels_format in ("csv", "adience") or labels is not None:
         if labels is None:
             raise ValueError(f"--labels-format {labels_format} reads the labels from --labels FILE")

@@ -92,14 +92,26 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def assign_split(ids_by_group: dict[str, list[str]], seed: int,
-                 fractions: tuple[float, float, float] = DEFAULT_SPLIT) -> dict[str, str]:
+                 fractions: tuple[float, float, float] = DEFAULT_SPLIT,
+                 subject_of: dict[str, str] | None = None) -> dict[str, str]:
     """train/val/test per id, stratified by age group.
 
     Within each group the ids are ordered by a hash of (seed, id) and cut at the
     fractions, so the same seed gives the same split on any machine and in any order,
     and each group is divided in the same proportions.
+
+    Where the labels name the person (``subject_of``, id to subject), the split is the
+    person's instead: a hash of (seed, subject) placed against the fractions, so no one's
+    photos are on both sides (the same face at two ages would otherwise leak; Adience's own
+    folds are split by person). Not stratified: a person's photos span age groups.
     """
     split = {}
+    if subject_of:
+        for image_id in (i for ids in ids_by_group.values() for i in ids):
+            digest = hashlib.blake2b(f"{seed}:{subject_of[image_id]}".encode(), digest_size=8).digest()
+            share = int.from_bytes(digest, "big") / 2**64
+            split[image_id] = SPLITS[0 if share < fractions[0] else 1 if share < fractions[0] + fractions[1] else 2]
+        return split
     for ids in ids_by_group.values():
         ordered = sorted(ids, key=lambda i: hashlib.blake2b(f"{seed}:{i}".encode(),
                                                             digest_size=8).digest())

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import stat
+import struct
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,9 @@ def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
 MAX_PIXELS = 100_000_000   # an 8000 x 8000 phone photo is 64 M
 MAX_BYTES = 200 * 2**20
 MIN_SIDE = 16              # smaller holds no face the detector or the crops can use
+# formats Pillow cannot size (OpenCV reads some it does not) meet the same limit in OpenCV,
+# which reads this variable at its first decode; a user's own stricter setting is kept
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -82,14 +87,27 @@ def read_image_file(path: str | Path) -> bytes:
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header alone, without decoding; None when Pillow cannot
-    tell (OpenCV may still read it, and its own pixel limit then applies)."""
+    tell (OpenCV then decodes it under its own pixel limit, set to ``MAX_PIXELS`` above)."""
     from PIL import Image
-    Image.MAX_IMAGE_PIXELS = None  # the size is judged here, against MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        # Pillow refuses past twice its own limit before telling the size; a PNG says it in IHDR
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        return (MAX_PIXELS + 1, 1)
     except Exception:  # a header Pillow does not know or cannot parse: decided by the decoder
         return None
+
+
+def truncated_jpeg(data: bytes) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it. libjpeg fills the missing
+    rows with grey and only warns, and that grey is no face. Bytes after the marker (some
+    cameras append data) are fine; an EXIF thumbnail's marker comes before the last scan."""
+    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -98,16 +116,16 @@ def decode(data: bytes) -> np.ndarray:
         raise ValueError("empty file")
     size = image_size(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ValueError(f"too large: {size[0]} x {size[1]} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        # libjpeg fills a truncated JPEG with grey and only warns; that grey is no face
+        shown = f"{size[0]} x {size[1]}" if size[1] > 1 else f"over {MAX_PIXELS // 10**6} M"
+        raise ValueError(f"too large: {shown} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
+    if truncated_jpeg(data):
         raise ValueError("truncated JPEG (no end-of-image marker)")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as err:  # OpenCV's own limits, or a header it rejects
         raise ValueError(f"not decodable ({str(err).strip().splitlines()[-1][:120]})") from None
     if image is None:
-        raise ValueError("not a decodable image (corrupt or not an image file)")
+        raise ValueError("not a decodable image (corrupt, too large or not an image file)")
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"too small: {width} x {height} pixels (at least {MIN_SIDE} a side)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import manifest
 from .labels import GENDERS, RACES
-from agefuse.cli import HelpFormatter, json_text, output_folder, run_command
+from agefuse.cli import HelpFormatter, int_at_least, json_text, output_folder, run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -28,9 +28,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("cache", help="a cache written by agefuse-regions")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for the PNGs and report.json")
-    parser.add_argument("--max-distance", type=int, default=4,
+    parser.add_argument("--max-distance", type=int_at_least(0, 64), default=4,
                         help="near duplicates: perceptual hashes at most this many bits apart (of 64)")
-    parser.add_argument("--show-pairs", type=int, default=8,
+    parser.add_argument("--show-pairs", type=int_at_least(0), default=8,
                         help="near-duplicate pairs drawn in near_duplicates.png")
     return parser
 
@@ -160,6 +160,10 @@ def main(args: argparse.Namespace) -> int:
     rows = [r for r in manifest.load(cache) if r["status"] != "rejected"]
     if not rows:
         raise SystemExit(f"error: {cache} has no cached images to report on")
+    if all(r.get("age") is None for r in rows):
+        raise SystemExit(f"error: {cache} is a label-free cache: no ages, genders or splits to report on "
+                         f"(agefuse-audit lists its near duplicates; agefuse-predict estimates its faces)")
+    rows = [r for r in rows if r.get("age") is not None]
     out.mkdir(parents=True, exist_ok=True)
     stats = statistics(rows, groups)
     pairs = near_duplicates(rows, args.max_distance)

@@ -93,7 +93,7 @@ def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache
     finally:
         torch.set_num_threads(threads)  # branch_pool shares the threads out for the whole process
     assert torch.allclose(one_after_another, side_by_side, atol=1e-5)
-    assert side_by_side.shape == (3, len(model.regions), model.branch_features)
+    assert side_by_side.shape == (3, len(model.regions), model.block.width)
 
 
 @pytest.mark.parametrize("count", [1, 5])

@@ -60,6 +60,7 @@ def test_eight_concurrent_requests_each_get_their_own_photo_s_faces(client):
             canvas[20:220, 20 + 220 * i:220 + 220 * i] = chips[i]
         photos.append(cv2.imencode(".jpg", canvas)[1].tobytes())
     alone = [client.post("/predict", content=p).json()["faces"] for p in photos]
+    assert [len(f) for f in alone] == [1, 2, 3, 4, 1, 2, 3, 4]  # each photo's own faces, found
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda p: client.post("/predict", content=p).json()["faces"], photos))
     assert [len(f) for f in together] == [len(f) for f in alone] and together == alone

@@ -210,12 +210,12 @@ def run_watch(*args, **kwargs):
                                             ("text.mp4", "not a video OpenCV can open"),
                                             ("truncated.avi", "no frame could be decoded"),
                                             ("7", "camera 7: cannot be opened")])
-def test_a_source_that_cannot_be_watched_is_one_line_and_no_output(source, reason, tmp_path):
+def test_a_source_that_cannot_be_watched_is_one_line_and_no_output(source, reason, sample_fused, tmp_path):
     (tmp_path / "text.mp4").write_text("not a video")
     video = write_video(tmp_path / "video.avi", [], 3)
     (tmp_path / "truncated.avi").write_bytes(video.read_bytes()[:6000])  # headers, no frame
     source = source if source.isdigit() else tmp_path / source
-    process = run_watch("--source", source, "--model", tmp_path / "fused.pt", "--out", tmp_path / "out")
+    process = run_watch("--source", source, "--model", sample_fused, "--out", tmp_path / "out")
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and reason in stderr, stderr

@@ -71,7 +71,8 @@ class InterruptFlag:
     terminal) asks the loop to stop after the frame in hand, so no file is cut in the middle
     of a row and the video is closed whole; a second one interrupts at once (a
     KeyboardInterrupt, which the loop catches too)."""
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # Windows has no SIGHUP
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
         self.requested, self.previous = False, {}
