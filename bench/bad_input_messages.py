@@ -30,7 +30,7 @@ def make_files(work: Path) -> dict:
     (work / "folder").mkdir()
     for path in sorted(SAMPLE.glob("*.jpg"))[:3]:
         shutil.copy(path, work / "folder" / path.name)
-    bomb_png(work / "folder" / "30_0_0_20170101000000000.jpg.chip.png")
+    bomb_png(work / "folder" / "30_0_0_20170101000000000.jpg.chip.jpg")  # a PNG under a UTKFace name
     bomb_png(work / "bomb.png")
     (work / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     (work / "pickle.pt").write_bytes(pickle.dumps(Payload(work / "code-ran")))

@@ -29,7 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, type=Path, help="a bench/utk_accuracy.py output folder")
     parser.add_argument("--out", required=True, type=Path, help="folder for one sub-folder per variant and grid.md")
     parser.add_argument("--grid", action="append", default=[],
-                        help="OPTION=V1,V2,...: an agefuse-train-fusion option and its values (repeatable)")
+                        help="OPTION=V1,V2,...: an agefuse-train-fusion option and its values, yes/no for a "
+                             "flag (repeatable)")
     return parser
 
 
@@ -40,14 +41,19 @@ def run(argv: list[str], log: Path) -> None:
         raise SystemExit(f"error: {' '.join(argv[:3])} failed, see {log}")
 
 
+def option(name: str, value: str) -> list[str]:
+    """An option and its value; yes/no for a flag (--mirror / --no-mirror)."""
+    return [f"--{name}" if value == "yes" else f"--no-{name}"] if value in ("yes", "no") else [f"--{name}", value]
+
+
 def main(args: argparse.Namespace) -> int:
     options = [g.split("=", 1) for g in args.grid]
     if any(len(o) != 2 for o in options):
         raise SystemExit("error: --grid takes OPTION=V1,V2,...")
     names = [o[0] for o in options]
     combos = list(itertools.product(*[o[1].split(",") for o in options])) or [()]
-    branches = sorted(p.parent.name for p in (args.run / "branches").glob("*/best.pt"))
-    spec = ",".join(f"{r}={args.run / 'branches' / r / 'best.pt'}" for r in branches)
+    # the branches in the run's own order (the features' layout)
+    spec = ",".join(f"{r}={p}" for r, p in json.loads((args.run / "fused" / "fusion.json").read_text())["branches"].items())
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"| {' | '.join(names)} | age MAE | CS@5 | gender | interval | best epoch |",
              "|" + "---|" * (len(names) + 5)]
@@ -55,13 +61,14 @@ def main(args: argparse.Namespace) -> int:
     for values in combos:
         folder = args.out / ("_".join(f"{n}{v}" for n, v in zip(names, values)) or "defaults")
         (folder / "fused").mkdir(parents=True, exist_ok=True)
-        for features in (args.run / "fused").glob("features-*.npz"):  # same branches, same features
+        # same branches, same features: the run's, or those an earlier variant computed
+        for features in [*(args.run / "fused").glob("features-*.npz"), *args.out.glob("*/fused/features-*.npz")]:
             if not (folder / "fused" / features.name).exists():
                 shutil.copy(features, folder / "fused" / features.name)
         tick = time.perf_counter()
         run([sys.executable, "-m", "fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
              "--out", str(folder / "fused"), "--device", "cpu",
-             *[a for n, v in zip(names, values) for a in (f"--{n}", v)]], folder / "fusion.log")
+             *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log")
         run([sys.executable, "-m", "fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
              "--cache", str(args.run / "cache"), "--split", "val", "--out", str(folder / "eval")],
             folder / "evaluate.log")

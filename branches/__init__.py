@@ -10,13 +10,14 @@ Offers to the next stage:
   a new one, ``name`` from the ``BACKBONES`` registry;
 - a branch's outputs by name: ``EMBEDDING`` (``model.embedding_dim`` wide), ``AGE``,
   ``GENDER_LOGIT`` (``BRANCH_OUTPUTS``), and ``branch_loss`` over them;
-- ``BRANCH_REGIONS``: the branch regions and the cache crops each reads;
+- ``BRANCH_REGIONS``: the branch regions and the cache crops each reads; ``MIRROR_INVARIANT``:
+  those whose crop, mirrored, is still theirs;
 - ``fold_norms(model)``: norms folded into convs, for inference;
 - ``train_branch_parser()``: the agefuse-train-branch parser (recipes check their options on it).
 """
 from .backbones import BACKBONES, fold_norms
 from .checkpoint import CheckpointError, load_branch, read_torch_file
-from .data import BRANCH_REGIONS, UNKNOWN_GENDER, CacheError, age_range_of
+from .data import BRANCH_REGIONS, MIRROR_INVARIANT, UNKNOWN_GENDER, CacheError, age_range_of
 from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, MAX_AGE, branch_loss,
                     create_model)
 
@@ -28,6 +29,6 @@ def train_branch_parser():
     return get_args_parser()
 
 
-__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "CacheError", "CheckpointError",
+__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError",
            "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
            "train_branch_parser"]

@@ -27,6 +27,9 @@ BRANCH_REGIONS = {
     "mouth": (("mouth", False),),
     "original": (("original", False),),
 }
+# regions whose crop, mirrored, is still a crop of that region (their augmentation flips
+# them); a mirrored left eye would be a right eye
+MIRROR_INVARIANT = frozenset({"face", "mouth", "original"})
 UNKNOWN_GENDER = -1
 
 

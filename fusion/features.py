@@ -63,7 +63,7 @@ def read_crops(cache: Path, row: dict) -> dict[str, np.ndarray | None]:
 
 def fingerprint(cache: Path, checkpoints: dict[str, Path]) -> str:
     digest = hashlib.blake2b(digest_size=8)
-    for region, path in sorted(checkpoints.items()):
+    for region, path in checkpoints.items():  # in order: the order is the features' layout
         digest.update(f"{region}:{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}".encode())
     digest.update(str((cache / manifest.MANIFEST).stat().st_mtime_ns).encode())
     return digest.hexdigest()
@@ -91,6 +91,7 @@ def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict
     """The split's features, from ``out`` when already computed for these branches. With a
     ``fusion_holdout``, only the training faces the branches were kept from."""
     name = split if fusion_holdout <= 0 else f"{split}-holdout{fusion_holdout:g}"
+    name += "-mirrored" if model.mirrored else ""
     path = out / f"features-{name}-{fingerprint(cache, checkpoints)}.npz"
     if path.is_file():
         with np.load(path) as data:

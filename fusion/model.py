@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, create_model, fold_norms, load_branch,
-                      read_torch_file)
+from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, create_model,
+                      fold_norms, load_branch, read_torch_file)
 from regions import Settings as CropSettings
 from regions.manifest import hashed_share
 
@@ -73,8 +73,10 @@ class FusedModel(nn.Module):
     COLUMNS = ("age", "age_low", "age_high", "gender_female")
     WHOLE_YEARS = ("age_low", "age_high")
 
+    MIRROR = False  # each one-view branch also sees its crop mirrored, unless --mirror says
+
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
-                 interval: float = INTERVAL, crop_settings: CropSettings | None = None):
+                 interval: float = INTERVAL, crop_settings: CropSettings | None = None, mirror: bool = MIRROR):
         super().__init__()
         self.regions = list(branches)
         self.branches = nn.ModuleList(branches[r] for r in self.regions)
@@ -91,15 +93,23 @@ class FusedModel(nn.Module):
         self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
         self.register_buffer("temperature", torch.ones(()))
         self.interval = interval
+        # a mirrored face is the same face (the branches trained on flips of it): averaging a
+        # crop's two mirror images steadies the estimate. The eyes branch already sees a left
+        # eye and a mirrored right eye, which are its two views.
+        self.mirror = mirror
+        self.mirrored = {r for r in self.regions if mirror and r in MIRROR_INVARIANT}
 
     def features(self, views: list[torch.Tensor], pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
         """``views[i]``: (N, V, 3, H, W) uint8 crops of branch i -> (N, R, F): embedding,
-        age / 100, gender logit, averaged over the views.
+        age / 100, gender logit, averaged over the views (and their mirror images, in the
+        regions ``mirrored``).
 
         With a thread ``pool`` the branches run side by side. For a photo's few faces that
         is the faster way to use several cores: a batch-1 conv gains almost nothing from a
         second intra-op thread, two branches at once nearly halve the time."""
         def block(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+            if region in self.mirrored:
+                images = torch.cat([images, images.flip(-1)], 1)
             n, v = images.shape[:2]
             packed = self.block.pack(branch(images.flatten(0, 1)))
             if packed.shape[1] != self.block.width:
@@ -182,7 +192,7 @@ def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], d
 
 def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) -> None:
     state = {"branch_args": branch_args, "model": model.state_dict(), "interval": model.interval,
-             "crops": model.crop_settings.to_json(), **extra}
+             "crops": model.crop_settings.to_json(), "mirror": model.mirror, **extra}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -241,7 +251,7 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     # a model saved before crop settings were recorded was served with the defaults
     crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
     model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
-                       interval=state["interval"], crop_settings=crops)
+                       interval=state["interval"], crop_settings=crops, mirror=bool(state.get("mirror", False)))
     check_shapes(model, state["model"], path)
     model.load_state_dict(state["model"])
     model = model.requires_grad_(False).eval()

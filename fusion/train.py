@@ -46,6 +46,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
+                        help="each branch with one view (all but eyes) also sees its crop mirrored, and averages "
+                             "the two: steadier estimates for about 1.8x the branches' time; kept in fused.pt, so "
+                             "predict, evaluate and the exports do the same")
     parser.add_argument("--interval", type=float_in(0.05, 0.99), default=FusedModel.INTERVAL,
                         help="coverage of the stated age interval")
     parser.add_argument("--calibrate-on", choices=["auto", "train", "val"], default="auto",
@@ -116,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     branches, branch_args = load_branches(paths)
     torch.manual_seed(args.seed)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
-                       interval=args.interval, crop_settings=read_settings(cache)).to(device)
+                       interval=args.interval, crop_settings=read_settings(cache), mirror=args.mirror).to(device)
     model.eval()
     holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
     if len(holdouts) > 1:

@@ -213,6 +213,13 @@ def main(args: argparse.Namespace) -> int:
     manifest.write_atomic(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json",
                           json_text(summary, indent=2).encode())
     print_summary(summary, path)
+    # an image that could not be read at all (not one without a face) is an input failure
+    unreadable = [r for r in rows if r["status"] == "rejected" and "width" not in r]
+    if unreadable:
+        for row in [r for r in unreadable if r["id"] in done][:10]:  # this run named the others as it met them
+            print(f"  unreadable (since an earlier run): {row['source']}: {row['reason']}", file=sys.stderr)
+        print(f"{len(unreadable)} image(s) could not be read; every other image is cached", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,7 +11,7 @@ import torch
 from sklearn import metrics as sk
 
 from fusion import evaluate, export, metrics, predict
-from fusion.features import batch_inputs, read_crops
+from fusion.features import batch_inputs, fingerprint, read_crops
 from fusion.model import DEFAULT_MODEL, load_fused
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
@@ -203,3 +203,31 @@ def test_the_label_of_a_face_at_the_photo_edge_stays_whole():
     strip = np.all(image[300 - 2] == (60, 60, 230), axis=1) | np.all(image[300 - 2] == (255, 255, 255), axis=1)
     columns = np.flatnonzero(strip)
     assert columns.max() - columns.min() + 1 >= width + 4 and columns.max() <= 1279
+
+
+def test_cached_features_of_the_same_branches_in_another_order_are_not_reused(sample_fused, sample_cache):
+    """The order of the branches is the features' layout: read back in another order, each
+    block would feed the head's weights of another branch."""
+    runs = Path(json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"]["face"]).parents[1]
+    paths = {r: runs / r / "best.pt" for r in ("face", "eyes", "mouth", "original")}
+    reordered = dict(reversed(list(paths.items())))
+    assert fingerprint(sample_cache, paths) != fingerprint(sample_cache, reordered)
+    assert fingerprint(sample_cache, paths) == fingerprint(sample_cache, dict(paths))
+
+
+def test_a_mirrored_model_averages_each_crop_with_its_mirror_image(sample_fused, sample_cache, tmp_path):
+    state = torch.load(sample_fused, weights_only=True)
+    state["mirror"] = True
+    torch.save(state, tmp_path / "mirrored.pt")
+    plain_model, _ = load_fused(sample_fused)
+    mirrored_model, _ = load_fused(tmp_path / "mirrored.pt")
+    assert mirrored_model.mirrored == {"face", "mouth", "original"} & set(mirrored_model.regions)
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:3]]
+    inputs, _ = batch_inputs(plain_model, faces)
+    with torch.inference_mode():
+        plain = plain_model.features(inputs)
+        flipped = plain_model.features([x.flip(-1) for x in inputs])
+        mirrored = mirrored_model.features(inputs)
+    for r, region in enumerate(plain_model.regions):
+        expected = (plain[:, r] + flipped[:, r]) / 2 if region in mirrored_model.mirrored else plain[:, r]
+        assert torch.allclose(mirrored[:, r], expected, atol=1e-4), region

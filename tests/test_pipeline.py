@@ -21,8 +21,9 @@ def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_processed(tmp_p
     (source / "25_0_0_20170101000000001.jpg.chip.jpg").write_bytes(good[: len(good) // 2])
     (source / "26_0_0_20170101000000002.jpg.chip.jpg").write_text("this is not a picture")
     os.symlink(tmp_path / "gone.jpg", source / "27_0_0_20170101000000003.jpg.chip.jpg")
-    result = run_regions(source, "--cache", tmp_path / "cache", "--workers", 2, "--detector", detector)
+    result = run_regions(source, "--cache", tmp_path / "cache", "--workers", 2, "--detector", detector, check=False)
     err = result.stderr
+    assert result.returncode == 1 and "3 image(s) could not be read; every other image is cached" in err
     assert "39_1_20170116174525125.jpg.chip.jpg: malformed UTKFace name" in err
     assert "25_0_0_20170101000000001.jpg.chip.jpg: truncated JPEG" in err
     assert "26_0_0_20170101000000002.jpg.chip.jpg: not a decodable image" in err
