@@ -75,6 +75,11 @@ def to_argv(parser: argparse.ArgumentParser, options: dict, where: str) -> list[
         if action is None:
             raise ValueError(f"{where}: {key!r} is not an option of this stage")
         flag = action.option_strings[-1]
+        if isinstance(action, argparse.BooleanOptionalAction):  # --mirror / --no-mirror
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: {key} is a switch: true or false, not {value!r}")
+            argv.append(action.option_strings[0 if value else 1])
+            continue
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: {key} is a switch: true or false, not {value!r}")

@@ -18,7 +18,8 @@ Offers to the next stage:
 from .backbones import BACKBONES, fold_norms
 from .checkpoint import CheckpointError, load_branch, read_torch_file
 from .data import BRANCH_REGIONS, MIRROR_INVARIANT, UNKNOWN_GENDER, CacheError, age_range_of
-from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, MAX_AGE, branch_loss,
+from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, GENDER_WEIGHT, MAX_AGE,
+                    branch_loss,
                     create_model)
 
 
@@ -30,5 +31,5 @@ def train_branch_parser():
 
 
 __all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError",
-           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
+           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
            "train_branch_parser"]

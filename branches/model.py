@@ -17,6 +17,7 @@ from .backbones import BACKBONES, build_backbone
 AGE_HEADS = ("dist", "reg")
 # the defaults of every branch, named once: the training command and the factory refer here
 AGE_HEAD, MAX_AGE, EMBEDDING_DIM = "dist", 100, 128
+GENDER_WEIGHT = 0.5  # the gender loss's weight beside the age loss
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
@@ -85,7 +86,7 @@ def soft_targets(age_range: torch.Tensor, bins: int, sigma: float = 2.0) -> torc
 
 
 def branch_loss(out: dict[str, torch.Tensor], age: torch.Tensor, gender: torch.Tensor,
-                sigma: float = 2.0, gender_weight: float = 0.5,
+                sigma: float = 2.0, gender_weight: float = GENDER_WEIGHT,
                 age_range: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Total loss and its parts. ``gender`` < 0 marks an unknown gender (no gender loss).
     ``age_range`` (N, 2): the labels as (low, high) (default: ``age`` exact); a range is

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from branches import AGE, AGE_LOGITS, GENDER_LOGIT, CheckpointError, branch_loss
+from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss
 from regions import read_settings
 from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
@@ -46,6 +46,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
+    parser.add_argument("--gender-weight", type=float_in(0, 100), default=GENDER_WEIGHT,
+                        help="the gender loss's weight beside the age loss (also in choosing the best epoch)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
                         help="each branch with one view (all but eyes) also sees its crop mirrored, and averages "
                              "the two: steadier estimates for about 1.8x the branches' time; kept in fused.pt, so "
@@ -87,10 +89,11 @@ def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
                  (data["features"], data["present"], data["age"], data["gender"], age_range))
 
 
-def head_loss(model: FusedModel, features, present, age, gender, age_range) -> torch.Tensor:
+def head_loss(model: FusedModel, features, present, age, gender, age_range,
+              gender_weight: float = GENDER_WEIGHT) -> torch.Tensor:
     logits, gender_logit = model.head(head_input(features, present))
     out = {AGE_LOGITS: logits, AGE: (logits.softmax(1) * model.ages).sum(1), GENDER_LOGIT: gender_logit}
-    return branch_loss(out, age, gender, age_range=age_range)[0]
+    return branch_loss(out, age, gender, age_range=age_range, gender_weight=gender_weight)[0]
 
 
 def fit_temperature(model: FusedModel, features, present, age) -> float:
@@ -167,14 +170,14 @@ def main(args: argparse.Namespace) -> int:
             index = order[start:start + batch_size].to(device)
             keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
             loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index],
-                             age_range[index])
+                             age_range[index], args.gender_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         schedule.step()
         model.head.eval()
         with torch.no_grad():
-            val_loss = head_loss(model, *val_tensors).item()
+            val_loss = head_loss(model, *val_tensors, args.gender_weight).item()
             val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch

@@ -133,6 +133,15 @@ def test_a_recipe_with_an_unknown_key_or_a_bad_value_names_the_file_and_key(tmp_
         recipes.load(bad)
 
 
+def test_a_recipe_switch_becomes_its_flag_and_a_non_boolean_is_refused():
+    parse = recipes._parsers()["fusion"].parse_args
+    base = ["--cache", "c", "--out", "o"]
+    assert parse(base + recipes.stage_argv("fusion", {"mirror": True})).mirror is True
+    assert parse(base + recipes.stage_argv("fusion", {"mirror": False})).mirror is False
+    with pytest.raises(ValueError, match="mirror is a switch"):
+        recipes.stage_argv("fusion", {"mirror": "yes"})
+
+
 @pytest.mark.parametrize("name", ["cpu-budget", "gpu", "ranges-check"])
 def test_the_shipped_recipes_load(name):
     recipe = recipes.load(ROOT / "recipes" / f"{name}.toml")
