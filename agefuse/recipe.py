@@ -74,6 +74,9 @@ def to_argv(parser: argparse.ArgumentParser, options: dict, where: str) -> list[
         action = _action(parser, key)
         if action is None:
             raise ValueError(f"{where}: {key!r} is not an option of this stage")
+        if key.replace("_", "-").startswith("no-") and action.dest != key.replace("-", "_"):
+            # a negative spelling would read as the switch's own value, the opposite of what it says
+            raise ValueError(f"{where}: write {action.dest.replace('_', '-')} = true or false, not {key}")
         flag = action.option_strings[-1]
         if isinstance(action, argparse.BooleanOptionalAction):  # --mirror / --no-mirror
             if not isinstance(value, bool):

@@ -73,7 +73,7 @@ class FusedModel(nn.Module):
     COLUMNS = ("age", "age_low", "age_high", "gender_female")
     WHOLE_YEARS = ("age_low", "age_high")
 
-    MIRROR = False  # each one-view branch also sees its crop mirrored, unless --mirror says
+    MIRROR = False  # the branches of MIRROR_INVARIANT regions also see their crop mirrored, if --mirror
 
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
                  interval: float = INTERVAL, crop_settings: CropSettings | None = None, mirror: bool = MIRROR):
@@ -251,7 +251,7 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     # a model saved before crop settings were recorded was served with the defaults
     crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
     model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
-                       interval=state["interval"], crop_settings=crops, mirror=bool(state.get("mirror", False)))
+                       interval=state["interval"], crop_settings=crops, mirror=state.get("mirror", False) is True)
     check_shapes(model, state["model"], path)
     model.load_state_dict(state["model"])
     model = model.requires_grad_(False).eval()

@@ -36,10 +36,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-class TooLarge(ValueError):
-    pass
-
-
 def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000,
                threads: int = 2):
     """The FastAPI application, with the model loaded (once, here)."""
@@ -47,8 +43,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from regions import decode
-    from regions.pipeline import image_size
+    from regions import TooLarge, decode, image_size
 
     from .model import load_fused
     from .predict import branch_pool, crop_settings, predict_faces
@@ -83,9 +78,9 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
         return bytes(body)
 
     def estimate(data: bytes) -> list[dict]:
-        size = image_size(data)
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise TooLarge(f"image of {size[0]} x {size[1]} pixels is over the limit of {max_pixels} pixels")
+        width, height = image_size(data)
+        if width * height > max_pixels:
+            raise TooLarge(f"image of {width} x {height} pixels is over the limit of {max_pixels} pixels")
         image = decode(data)
         with busy:
             return predict_faces(model, image, settings, pool, threads)
@@ -107,10 +102,9 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
             faces = await run_in_threadpool(estimate, data)
         except TooLarge as err:
             return refuse(413, str(err))
-        except ValueError as err:  # decode's reasons: too large, too small, truncated, not an image
+        except ValueError as err:  # decode's reasons: too small, truncated, not an image
             reason = str(err)
-            status = 413 if reason.startswith("too large") else 415 if "decodable" in reason or "not a" in reason else 400
-            return refuse(status, reason)
+            return refuse(415 if "decodable" in reason or "not a" in reason else 400, reason)
         return {"faces": faces, "message": None if faces else "no face found"}
 
     return app

@@ -49,7 +49,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--gender-weight", type=float_in(0, 100), default=GENDER_WEIGHT,
                         help="the gender loss's weight beside the age loss (also in choosing the best epoch)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
-                        help="each branch with one view (all but eyes) also sees its crop mirrored, and averages "
+                        help="the face, mouth and original branches also see their crop mirrored and average "
                              "the two: steadier estimates for about 1.8x the branches' time; kept in fused.pt, so "
                              "predict, evaluate and the exports do the same")
     parser.add_argument("--interval", type=float_in(0.05, 0.99), default=FusedModel.INTERVAL,

@@ -121,12 +121,16 @@ def _ignore_sigint():
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     cache = Path(args.cache)
+    if cache.resolve() == Path(args.source).resolve():
+        raise SystemExit(f"error: --cache {cache} is the source folder itself: name a folder of its own "
+                         f"(inside it is fine)")
     settings = settings_from(args)
     check_settings(cache, settings)
     remove_stale_temporaries(cache)
 
     # labels, age groups and the split come from the whole data set, whatever the shard
     items, problems = labels.collect(args.source, args.labels, args.labels_format)
+    found = len(items)
     if args.exclude:
         items, excluded = labels.exclude(items, args.exclude)
         problems += excluded
@@ -137,7 +141,10 @@ def main(args: argparse.Namespace) -> int:
         writer.writerow(["path", "reason"])
         writer.writerows([p.path, p.reason] for p in problems)
     if not items:
-        raise SystemExit(f"error: no images under {args.source}")
+        reason = (f"all {found} image(s) are excluded by {args.exclude}" if found
+                  else f"every image or row was skipped ({len(problems)}, named above)" if problems
+                  else f"{args.labels} has no rows" if args.labels else f"no images under {args.source}")
+        raise SystemExit(f"error: {reason}; nothing was cached")
     if all(item.age is None for item in items):
         print(f"{args.source}: no labels (no UTKFace names, no --labels): a label-free cache, for prediction "
               f"and audit; its images are in {manifest.UNLABELLED}/, with no split", file=sys.stderr)
@@ -165,8 +172,10 @@ def main(args: argparse.Namespace) -> int:
     for row in previous:
         if row["id"] in relabelled:
             remove_crops(row, cache)
+    def unread_then_moved(row: dict) -> bool:  # read again from where the image is now
+        return row["status"] == "rejected" and "width" not in row and str(row["source"]) != str(wanted[row["id"]].path)
     kept = [row for row in previous if row["id"] not in relabelled and is_complete(row, cache)
-            and not (args.retry_rejected and row["status"] == "rejected")]
+            and not (args.retry_rejected and row["status"] == "rejected") and not unread_then_moved(row)]
     for row in kept:  # the split is the whole set's: a moved label can move others' split
         row["split"] = split.get(row["id"])
         row["source"] = wanted[row["id"]].path
@@ -218,7 +227,9 @@ def main(args: argparse.Namespace) -> int:
     if unreadable:
         for row in [r for r in unreadable if r["id"] in done][:10]:  # this run named the others as it met them
             print(f"  unreadable (since an earlier run): {row['source']}: {row['reason']}", file=sys.stderr)
-        print(f"{len(unreadable)} image(s) could not be read; every other image is cached", file=sys.stderr)
+        print(f"{len(unreadable)} image(s) could not be read; every other image is cached"
+              f"{'' if args.retry_rejected else ' (once they are fixed, --retry-rejected reads them again)'}",
+              file=sys.stderr)
         return 1
     return 0
 

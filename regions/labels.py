@@ -17,7 +17,9 @@ A name or row that cannot be read, or a label out of range, is reported as a ``P
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import math
 import os
 import re
@@ -132,15 +134,26 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
 
 
+def is_cache(folder: str | Path) -> bool:
+    """An agefuse cache: its ``cache.json`` holds crop settings (not just any file of that name)."""
+    try:
+        settings = json.loads((Path(folder) / manifest.SETTINGS).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and {"detector", "sizes"} <= settings.keys()
+
+
 def image_files(folder: str | Path) -> list[Path]:
     """The image files below ``folder``, sorted, leaving out any agefuse cache inside it (a
-    cache written into the folder it was made from must not become its own input)."""
-    found = []
+    cache written into the folder it was made from must not become its own input). Linked
+    folders are followed, each real folder once (a link back up would loop)."""
+    found, seen = [], set()
     for root, folders, files in os.walk(folder, followlinks=True):
-        if manifest.SETTINGS in files and Path(root) != Path(folder):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen or (Path(root) != Path(folder) and is_cache(root)):
             folders.clear()
             continue
-        folders[:] = [f for f in folders if not (Path(root, f) / manifest.SETTINGS).exists()]
+        seen.add((info.st_dev, info.st_ino))
         found.extend(p for p in (Path(root, f) for f in files) if _is_image(p))
     return sorted(found)
 
@@ -209,7 +222,8 @@ def exclude(items: list[Item], path: str | Path) -> tuple[list[Item], list[Probl
     """``items`` less those named in ``path`` (image ids or paths, one per line; or a CSV
     whose header has an ``id`` column, as agefuse-audit writes); each left out is a
     ``Problem`` saying so."""
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
+    with named_file_errors(path):
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     header = [c.strip().strip('"').lower() for c in lines[0].split(",")] if lines else []
     if "id" in header:
@@ -284,6 +298,17 @@ def unlabelled_items(folder: str | Path) -> list[Item]:
 LABEL_FORMATS = ("auto", "utkface", "csv", "adience", "none")
 
 
+@contextlib.contextmanager
+def named_file_errors(path: str | Path):
+    """A labels or exclude file that is not UTF-8 text or breaks the CSV reader: one line naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise LabelError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except csv.Error as err:
+        raise LabelError(f"{path}: not a readable CSV ({err})") from None
+
+
 def collect(source: str | Path, labels: str | Path | None = None, labels_format: str = "auto"
             ) -> tuple[list[Item], list[Problem]]:
     """Items of ``labels_format``: ``csv`` or ``adience`` from the ``labels`` file, ``utkface``
@@ -298,9 +323,8 @@ def collect(source: str | Path, labels: str | Path | None = None, labels_format:
     if labels_format in ("csv", "adience") or labels is not None:
         if labels is None:
             raise ValueError(f"--labels-format {labels_format} reads the labels from --labels FILE")
-        if labels_format == "adience":
-            return adience_items(labels, source)
-        return csv_items(labels)
+        with named_file_errors(labels):
+            return adience_items(labels, source) if labels_format == "adience" else csv_items(labels)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: image folder not found")
     if labels_format == "none":

@@ -65,9 +65,10 @@ def crop_path(group: str, region: str, image_id: str, ext: str) -> str:
 MAX_PIXELS = 100_000_000   # an 8000 x 8000 phone photo is 64 M
 MAX_BYTES = 200 * 2**20
 MIN_SIDE = 16              # smaller holds no face the detector or the crops can use
-# formats Pillow cannot size (OpenCV reads some it does not) meet the same limit in OpenCV,
-# which reads this variable at its first decode; a user's own stricter setting is kept
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+
+class TooLarge(ValueError):
+    """An image over a pixel or byte limit (the service answers it with 413)."""
 
 
 def read_image_file(path: str | Path) -> bytes:
@@ -77,47 +78,66 @@ def read_image_file(path: str | Path) -> bytes:
     if not stat.S_ISREG(info.st_mode):
         raise ValueError("not a regular file")
     if info.st_size > MAX_BYTES:
-        raise ValueError(f"too large: {info.st_size / 2**20:.0f} MB (the limit is {MAX_BYTES // 2**20} MB)")
+        raise TooLarge(f"too large: {info.st_size / 2**20:.0f} MB (the limit is {MAX_BYTES // 2**20} MB)")
     with open(path, "rb") as handle:
         data = handle.read(MAX_BYTES + 1)  # the file may have grown since the stat
     if len(data) > MAX_BYTES:
-        raise ValueError(f"too large: over {MAX_BYTES // 2**20} MB")
+        raise TooLarge(f"too large: over {MAX_BYTES // 2**20} MB")
     return data
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header alone, without decoding; None when Pillow cannot
-    tell (OpenCV then decodes it under its own pixel limit, set to ``MAX_PIXELS`` above)."""
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone, without decoding. An image whose size Pillow
+    cannot read is refused (``ValueError``) rather than handed to OpenCV, which decodes some
+    broken files and formats Pillow refuses with no pixel limit short of its own 1 G."""
     from PIL import Image
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged by the caller
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
     except Image.DecompressionBombError:
         # Pillow refuses past twice its own limit before telling the size; a PNG says it in IHDR
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
-        return (MAX_PIXELS + 1, 1)
-    except Exception:  # a header Pillow does not know or cannot parse: decided by the decoder
-        return None
+        raise TooLarge(f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0) // 10**6} M pixels") from None
+    except Exception:
+        raise ValueError("not a readable image (not JPEG, PNG, BMP, WebP or TIFF, or its header is broken)") from None
 
 
 def truncated_jpeg(data: bytes) -> bool:
-    """A JPEG whose last scan has no end-of-image marker after it. libjpeg fills the missing
-    rows with grey and only warns, and that grey is no face. Bytes after the marker (some
-    cameras append data) are fine; an EXIF thumbnail's marker comes before the last scan."""
-    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    """A JPEG whose data ends before its end-of-image marker. libjpeg fills the missing rows
+    with grey and only warns, and that grey is no face. The markers are walked from the start
+    (segments by their lengths, scans byte by byte), so data appended after the end (a motion
+    photo's video) and an EXIF thumbnail's own markers do not count."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    at, end = 2, len(data)
+    while at + 1 < end:
+        if data[at] != 0xFF:  # inside a scan: entropy-coded bytes up to the next marker
+            at = data.find(b"\xff", at)
+            if at < 0:
+                return True
+            continue
+        marker = data[at + 1]
+        if marker == 0xD9:
+            return False
+        if marker in (0x00, 0xFF) or 0xD0 <= marker <= 0xD7:
+            at += 1 if marker == 0xFF else 2  # a stuffed byte, fill, or a restart marker
+            continue
+        if at + 3 >= end:
+            return True
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")  # a segment: skip by its length
+    return True
 
 
 def decode(data: bytes) -> np.ndarray:
     """BGR pixels of an encoded image; ``ValueError`` names what is wrong."""
     if not data:
         raise ValueError("empty file")
-    size = image_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        shown = f"{size[0]} x {size[1]}" if size[1] > 1 else f"over {MAX_PIXELS // 10**6} M"
-        raise ValueError(f"too large: {shown} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
+    width, height = image_size(data)
+    if width * height > MAX_PIXELS:
+        raise TooLarge(f"too large: {width} x {height} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
     if truncated_jpeg(data):
         raise ValueError("truncated JPEG (no end-of-image marker)")
     try:

@@ -71,6 +71,31 @@ def test_a_decompression_bomb_among_good_images_is_skipped_and_named_and_the_rer
     assert "too large: 50000 x 50000" in next(r["reason"] for r in rows.values() if r["status"] == "rejected")
 
 
+def test_an_image_whose_size_pillow_cannot_read_is_refused_not_decoded_without_a_limit(tmp_path):
+    """OpenCV decodes a PNG whose text chunk fails its checksum (only warning); a bomb built so
+    would pass a limit read from the header by Pillow. It is refused before any decoding."""
+    from regions import TooLarge, decode
+    ok, png = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
+    png = png.tobytes()
+    broken = png[:33] + struct.pack(">I", 3) + b"tEXtk\x00v" + b"\x00" * 4 + png[33:]  # after IHDR
+    assert cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_COLOR) is not None
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode(broken)
+    assert decode(png).shape == (40, 40, 3)
+    with pytest.raises(TooLarge, match="too large: 50000 x 50000 pixels"):
+        decode(bomb_png(tmp_path / "bomb.png").read_bytes())
+
+
+def test_a_complete_jpeg_with_data_appended_is_read_and_a_cut_one_is_refused():
+    """Motion photos append a video (any bytes, markers included) after the end marker."""
+    from regions import decode
+    data = GOOD.read_bytes()
+    appended = data + b"\xff\xda\x00\x08" + np.random.default_rng(0).bytes(5000)
+    assert decode(appended).shape == decode(data).shape
+    with pytest.raises(ValueError, match="truncated JPEG"):
+        decode(data[:len(data) * 2 // 3])
+
+
 def test_predict_names_a_bomb_goes_on_with_the_good_photo_and_exits_1_with_a_count(tmp_path):
     bomb = bomb_png(tmp_path / "bomb.png")
     result = command("agefuse-predict", bomb, GOOD, "--out", tmp_path / "out", "--no-annotate")

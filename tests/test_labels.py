@@ -67,3 +67,19 @@ def test_two_images_with_one_id_are_not_merged(tmp_path):
     (tmp_path / "labels.csv").write_text("path,age\nx/face.jpg,3\ny/face.jpg,4\n")
     items, problems = labels.csv_items(tmp_path / "labels.csv")
     assert len(items) == 1 and len(problems) == 1 and "same image id" in problems[0].reason
+
+
+def test_a_link_back_up_is_walked_once_and_a_stray_cache_json_hides_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "30_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"x")
+    (tmp_path / "a" / "up").symlink_to("..")                 # would loop without a check
+    (tmp_path / "b").symlink_to(tmp_path / "a")               # the same folder by a second name
+    (tmp_path / "a" / "cache.json").write_text('{"note": "a user\'s own file"}')
+    assert [p.name for p in labels.image_files(tmp_path)] == ["30_0_0_20170101000000000.jpg.chip.jpg"]
+
+
+def test_a_labels_file_that_is_not_utf8_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("path,age\ncaf\xe9.jpg,30\n".encode("cp1252"))
+    with pytest.raises(labels.LabelError, match=r"excel.csv: not UTF-8 text"):
+        labels.collect(tmp_path, path)

@@ -140,6 +140,11 @@ def test_a_recipe_switch_becomes_its_flag_and_a_non_boolean_is_refused():
     assert parse(base + recipes.stage_argv("fusion", {"mirror": False})).mirror is False
     with pytest.raises(ValueError, match="mirror is a switch"):
         recipes.stage_argv("fusion", {"mirror": "yes"})
+    with pytest.raises(ValueError, match="write mirror = true or false, not no-mirror"):
+        recipes.stage_argv("fusion", {"no-mirror": True})
+    with pytest.raises(ValueError, match="write fallback = true or false, not no-fallback"):
+        recipes.stage_argv("regions", {"no-fallback": True})
+    assert recipes.stage_argv("regions", {"fallback": False}) == ["--no-fallback"]
 
 
 @pytest.mark.parametrize("name", ["cpu-budget", "gpu", "ranges-check"])
