@@ -26,7 +26,7 @@ def test_bad_files_are_skipped_with_their_reason_and_the_rest_is_processed(tmp_p
     assert result.returncode == 1 and "3 image(s) could not be read; every other image is cached" in err
     assert "39_1_20170116174525125.jpg.chip.jpg: malformed UTKFace name" in err
     assert "25_0_0_20170101000000001.jpg.chip.jpg: truncated JPEG" in err
-    assert "26_0_0_20170101000000002.jpg.chip.jpg: not a decodable image" in err
+    assert "26_0_0_20170101000000002.jpg.chip.jpg: not a readable image" in err
     assert "27_0_0_20170101000000003.jpg.chip.jpg: cannot read" in err
     rows = {r["id"]: r for r in manifest_rows(tmp_path / "cache")}
     assert len(rows) == 9  # the malformed name has no labels, so no row; it is in label_problems
