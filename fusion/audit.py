@@ -116,9 +116,13 @@ def main(args: argparse.Namespace) -> int:
     low, high = predicted["age_low"].numpy(), predicted["age_high"].numpy()
     label_low = np.array([(r.get("age_range") or [r["age"]] * 2)[0] for r in rows], float)
     label_high = np.array([(r.get("age_range") or [r["age"]] * 2)[1] for r in rows], float)
+    # the model says no age over its last year (100): an older label is judged as that year
+    top = float(model.ages.max())
+    label_low, label_high = np.minimum(label_low, top), np.minimum(label_high, top)
     female = predicted["gender_female"].numpy()
     scores = suspicion(label_low, label_high, data["gender"], low, high, female)
-    order = np.argsort(-scores["suspicion"], kind="stable")
+    # fully suspect faces (score 1) are many: the furthest off, in years and in gender, first
+    order = np.lexsort((-(scores["age_outside"] / AGE_SCALE + scores["p_other_gender"]), -scores["suspicion"]))
     table = []
     for rank, i in enumerate(order, start=1):
         row = rows[i]
