@@ -20,8 +20,7 @@ from torch import nn
 
 from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, create_model,
                       fold_norms, load_branch, read_torch_file)
-from regions import Settings as CropSettings
-from regions.manifest import hashed_share
+from regions import Settings as CropSettings, manifest
 
 
 class BranchBlock:
@@ -217,7 +216,7 @@ DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
 def in_calibration_half(image_id: str) -> bool:
     """The half of a validation split that fits the interval's temperature (by a hash of the
     id) when the branches kept no training faces back; the other half checks it."""
-    return hashed_share(str(image_id), 0.5, "calibration")
+    return manifest.hashed_share(str(image_id), 0.5, "calibration")
 
 
 def save_half(source: str | Path, target: str | Path) -> Path:
