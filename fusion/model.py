@@ -245,12 +245,17 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     state = read_torch_file(path, "agefuse model")
     if not isinstance(state, dict) or "branch_args" not in state:
         raise ValueError(f"{path}: not an agefuse fused model")
-    branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"], pretrained=False)
-                for region, a in state["branch_args"].items()}
-    # a model saved before crop settings were recorded was served with the defaults
-    crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
-    model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
-                       interval=state["interval"], crop_settings=crops, mirror=state.get("mirror", False) is True)
+    try:  # the file's fields, as written by save_fused; anything else is named, not a traceback
+        branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"],
+                                         pretrained=False)
+                    for region, a in state["branch_args"].items()}
+        # a model saved before crop settings were recorded was served with the defaults
+        crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
+        model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
+                           interval=float(state["interval"]), crop_settings=crops,
+                           mirror=state.get("mirror", False) is True)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"{path}: not an agefuse fused model (its fields do not fit: {err!r:.120})") from None
     check_shapes(model, state["model"], path)
     model.load_state_dict(state["model"])
     model = model.requires_grad_(False).eval()

@@ -157,6 +157,16 @@ def test_a_model_that_is_not_one_is_one_line_and_runs_nothing(name, args, kind, 
     assert not (tmp_path / "code-ran").exists()
 
 
+@pytest.mark.parametrize("state", [{"branch_args": [1, 2]}, {"branch_args": {"face": {"model": "small_cnn"}}},
+                                   {"branch_args": {}, "interval": "wide"}])
+def test_a_tensor_file_with_the_wrong_fields_is_named_not_a_traceback(state, tmp_path):
+    import torch
+    from fusion import load_fused
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"odd.pt: not an agefuse fused model \(its fields do not fit"):
+        load_fused(tmp_path / "odd.pt")
+
+
 def test_nan_and_inf_ages_are_rows_skipped_by_name(tmp_path):
     files = sample_files(3)
     labels = tmp_path / "labels.csv"
