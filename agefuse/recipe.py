@@ -115,7 +115,16 @@ def load(path: str | Path) -> Recipe:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; a recipe holds {', '.join(TOP_LEVEL)}")
     if not data.get("branches"):
         raise ValueError(f"{path}: no [branches.<region>] table: a recipe trains at least one branch")
-    recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=int(data.get("seed", 0)),
+    def must_be_table(name: str, value) -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: [{name}] must be a table of options, not {type(value).__name__}")
+    for name in ("regions", "fusion", "ablation", "branch", "branches"):
+        must_be_table(name, data.get(name, {}))
+    for region, options in data["branches"].items():
+        must_be_table(f"branches.{region}", options)
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
+        raise ValueError(f"{path}: seed must be a whole number, not {data['seed']!r}")
+    recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=data.get("seed", 0),
                     device=str(data.get("device", "auto")), budget_minutes=data.get("budget_minutes"),
                     regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
                     ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),

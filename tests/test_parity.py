@@ -131,6 +131,12 @@ def test_a_recipe_with_an_unknown_key_or_a_bad_value_names_the_file_and_key(tmp_
     bad.write_text('[branches.face]\nmax-rounds = 0\n')
     with pytest.raises(ValueError, match=r"bad.toml \[branches.face\].*max-rounds"):
         recipes.load(bad)
+    for text, message in (('seed = [1]\n[branches.face]\n', "seed must be a whole number"),
+                          ('regions = 3\n[branches.face]\n', r"\[regions\] must be a table"),
+                          ('[branches]\nface = 2\n', r"\[branches.face\] must be a table")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            recipes.load(bad)
 
 
 def test_a_recipe_switch_becomes_its_flag_and_a_non_boolean_is_refused():
