@@ -82,11 +82,14 @@ def existing_file(text: str) -> str:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's default in --help, except for switches: "(default: True)" under
-    ``--no-fallback`` says the opposite of what the switch does."""
+    """Every option's default in --help, except for switches ("(default: True)" under
+    ``--no-fallback`` says the opposite of what the switch does), options whose help already
+    says its default in words, and a default of None."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help or ""
+        if "default:" in (action.help or "") or action.default is None:  # said in words, or nothing to say
             return action.help or ""
         return super()._get_help_string(action)
 

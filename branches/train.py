@@ -279,7 +279,7 @@ def main(args: argparse.Namespace) -> int:
         elapsed = (time.perf_counter() - started) / 60
         per_round = elapsed / (round_index - start_round + 1)
         if stopping:
-            log(f"stopped after round {round_index}: {stop.reason()}")
+            log(f"stopped after round {round_index} (rounds count from 0): {stop.reason()}")
             break
         if args.time_limit and elapsed + per_round > args.time_limit:
             log(f"stopped after round {round_index}: another round would pass --time-limit {args.time_limit} min")

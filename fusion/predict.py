@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = len(unmatched)
+    failures, faceless = len(unmatched), 0
     # one row per face, streamed: memory stays flat however many photos there are
     with (out / "predictions.csv").open("w", newline="") as handle, \
             tqdm(total=len(photos), desc="predict", unit="photo", disable=None if len(photos) > PROGRESS_FROM else True,
@@ -221,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
             record = {"photo": photo, "faces": faces, "seconds": round(time.perf_counter() - start, 4)}
             if not faces:
                 record["message"] = "no face found"
+                faceless += 1
             (out / f"{stem}.json").write_text(json_text(record))
             if args.annotate:
                 cv2.imwrite(str(out / f"{stem}.annotated.jpg"), annotate(image, faces))
@@ -230,6 +231,10 @@ def main(args: argparse.Namespace) -> int:
                                 *(face.get("groups", {}).get(group.name, "") for group in args.groups)])
             if not args.quiet:
                 bar.write(json_text(record, indent=None))
+    if faceless:
+        print(f"{faceless} of {len(photos)} photos with no face found"
+              f"{'' if args.whole_image_fallback else ' (small faces: --upsample 1; a photo that is one face: --whole-image-fallback)'}",
+              file=sys.stderr)
     if failures:
         print(f"{failures} of {len(photos) + len(unmatched)} photos could not be read (named above)", file=sys.stderr)
     return 1 if failures else 0
