@@ -78,15 +78,13 @@ def to_argv(parser: argparse.ArgumentParser, options: dict, where: str) -> list[
             # a negative spelling would read as the switch's own value, the opposite of what it says
             raise ValueError(f"{where}: write {action.dest.replace('_', '-')} = true or false, not {key}")
         flag = action.option_strings[-1]
-        if isinstance(action, argparse.BooleanOptionalAction):  # --mirror / --no-mirror
+        switches = (argparse.BooleanOptionalAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
+        if isinstance(action, switches):
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: {key} is a switch: true or false, not {value!r}")
-            argv.append(action.option_strings[0 if value else 1])
-            continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}: {key} is a switch: true or false, not {value!r}")
-            if value == isinstance(action, argparse._StoreTrueAction):
+            if isinstance(action, argparse.BooleanOptionalAction):  # --mirror / --no-mirror
+                argv.append(action.option_strings[0 if value else 1])
+            elif value == isinstance(action, argparse._StoreTrueAction):
                 argv.append(flag)
             continue
         argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
@@ -122,9 +120,10 @@ def load(path: str | Path) -> Recipe:
         must_be_table(name, data.get(name, {}))
     for region, options in data["branches"].items():
         must_be_table(f"branches.{region}", options)
-    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
-        raise ValueError(f"{path}: seed must be a whole number, not {data['seed']!r}")
-    recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=data.get("seed", 0),
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{path}: seed must be a whole number, not {seed!r}")
+    recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=seed,
                     device=str(data.get("device", "auto")), budget_minutes=data.get("budget_minutes"),
                     regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
                     ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),

@@ -43,7 +43,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from regions import TooLarge, decode, image_size
+    from regions import TooLarge, decode
 
     from .model import load_fused
     from .predict import branch_pool, crop_settings, predict_faces
@@ -78,10 +78,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
         return bytes(body)
 
     def estimate(data: bytes) -> list[dict]:
-        width, height = image_size(data)
-        if width * height > max_pixels:
-            raise TooLarge(f"image of {width} x {height} pixels is over the limit of {max_pixels} pixels")
-        image = decode(data)
+        image = decode(data, max_pixels)
         with busy:
             return predict_faces(model, image, settings, pool, threads)
 

@@ -131,13 +131,14 @@ def truncated_jpeg(data: bytes) -> bool:
     return True
 
 
-def decode(data: bytes) -> np.ndarray:
-    """BGR pixels of an encoded image; ``ValueError`` names what is wrong."""
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """BGR pixels of an encoded image of at most ``max_pixels``; ``ValueError`` names what is
+    wrong (``TooLarge`` for the limit, judged from the header before any decoding)."""
     if not data:
         raise ValueError("empty file")
     width, height = image_size(data)
-    if width * height > MAX_PIXELS:
-        raise TooLarge(f"too large: {width} x {height} pixels (the limit is {MAX_PIXELS // 10**6} M pixels)")
+    if width * height > max_pixels:
+        raise TooLarge(f"too large: {width} x {height} pixels (the limit is {max_pixels / 10**6:g} M pixels)")
     if truncated_jpeg(data):
         raise ValueError("truncated JPEG (no end-of-image marker)")
     try:
