@@ -228,6 +228,21 @@ def dlib_age_resnet(pretrained: bool = True, weights: str | None = None) -> nn.M
     return model
 
 
+# ---- dlib's face-recognition ResNet (dlib-models, CC0), read from its .dat ------------------
+
+@register
+def dlib_face_resnet(pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """dlib's 128-D face descriptor network (``branches/dlib_face.py``), from the .dat in the
+    face_recognition_models package; ``weights``: a .dat of the same network or a state dict."""
+    from .dlib_face import DlibFaceResNet, face_recognition_dat, read_dlib_face_dat
+    model = DlibFaceResNet()
+    if weights and not str(weights).endswith(".dat"):
+        _load_file(model, weights)
+    elif weights or pretrained:
+        model.load_state_dict(read_dlib_face_dat(weights or face_recognition_dat()))
+    return model
+
+
 # ---- torchvision ResNets, weights from a local file only --------------------------------------
 
 class TorchvisionTrunk(nn.Module):
