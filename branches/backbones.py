@@ -259,10 +259,10 @@ DLIB_GENDER_WEIGHTS = Path(__file__).parent / "weights" / "dlib_gender_v1.pt"
 
 
 @register
-def dlib_gender_resnet(pretrained: bool = True, weights: str | None = None) -> nn.Module:
+def dlib_gender_cnn(pretrained: bool = True, weights: str | None = None) -> nn.Module:
     """Starts from the face-gender weights shipped with agefuse (``branches/weights``,
     converted from dlib-models' CC0 ``dnn_gender_classifier_v1``; its 2-way layer is left
-    out). Not a ResNet despite the name: ``DlibGenderCNN``, 16 features."""
+    out). ``DlibGenderCNN``, 16 features."""
     model = DlibGenderCNN()
     if weights or pretrained:
         _load_file(model, weights or DLIB_GENDER_WEIGHTS, drop_prefixes=("fc.",))

@@ -7,6 +7,9 @@ Branch regions and the cache crops they read (``mirror``: flipped left-right fir
                right eye looks like a left eye, so two samples per face, one set of weights)
     left_eye   left_eye        right_eye   right_eye
     mouth      mouth           original    original (resized)
+    face_alt, original_alt     the face and original crops again, for a second network
+               beside ``face`` or ``original`` (another backbone or size: dlib's 32-px gender
+               CNN on the original crop, say)
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ BRANCH_REGIONS = {
     "right_eye": (("right_eye", False),),
     "mouth": (("mouth", False),),
     "original": (("original", False),),
+    "face_alt": (("face", False),),
+    "original_alt": (("original", False),),
 }
 # regions whose crop, mirrored, is still a crop of that region (their augmentation flips
 # them); a mirrored left eye would be a right eye
-MIRROR_INVARIANT = frozenset({"face", "mouth", "original"})
+MIRROR_INVARIANT = frozenset({"face", "mouth", "original", "face_alt", "original_alt"})
 UNKNOWN_GENDER = -1
 
 

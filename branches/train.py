@@ -35,7 +35,7 @@ from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
-from .model import AGE_HEAD, AGE_HEADS, EMBEDDING_DIM, MAX_AGE, branch_loss, create_model, model_names
+from .model import AGE_HEAD, AGE_HEADS, EMBEDDING_DIM, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -75,6 +75,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="per process")
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float_in(0, 10), default=1e-4)
+    parser.add_argument("--gender-weight", type=float_in(0, 100), default=GENDER_WEIGHT,
+                        help="the gender loss's weight beside the age loss (higher for a branch started "
+                             "from a gender network, so that the age loss does not wash its features out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int_at_least(0), default=1, help="data-loading processes (0 = in the loop)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
@@ -127,7 +130,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 # ---- one round, and the evaluation ----------------------------------------------------------
 
 def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bool,
-                    description: str) -> tuple[dict, int]:
+                    description: str, gender_weight: float = GENDER_WEIGHT) -> tuple[dict, int]:
     """One bootstrap round. Returns the round's statistics and the next step number."""
     model.train()
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -140,7 +143,7 @@ def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bo
         images, age, gender = images.to(device, non_blocking=True), age.to(device), gender.to(device)
         with amp:
             out = model(images)
-        loss, parts = branch_loss(out, age, gender, age_range=age_range.to(device))
+        loss, parts = branch_loss(out, age, gender, age_range=age_range.to(device), gender_weight=gender_weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -163,7 +166,7 @@ def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bo
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device) -> dict:
+def evaluate(model, loader, device, gender_weight: float = GENDER_WEIGHT) -> dict:
     """Validation loss, age MAE (overall, per decade), gender accuracy. Several crops of one
     face (the eyes) are scored as separate samples here; fusion combines them."""
     model.eval()
@@ -172,7 +175,7 @@ def evaluate(model, loader, device) -> dict:
         images, age, gender = images.to(device), age.to(device), gender.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out = model(images)
-        loss, _ = branch_loss(out, age, gender, age_range=age_range.to(device))
+        loss, _ = branch_loss(out, age, gender, age_range=age_range.to(device), gender_weight=gender_weight)
         losses.append(loss.item() * len(age))
         ages.append(age.cpu())
         predicted.append(out["age"].float().cpu())
@@ -250,13 +253,13 @@ def main(args: argparse.Namespace) -> int:
             pipeline.set_random_seed(round_seed % 2**31)
         try:
             stats, _ = train_one_epoch(model, loader, optimizer, device, round_index * steps_per_round,
-                                       lr_fn, is_main, f"round {round_index}")
+                                       lr_fn, is_main, f"round {round_index}", args.gender_weight)
         except FloatingPointError as err:
             last = f"{out / 'last.pt'} (round {round_index - 1})" if round_index else "none yet"
             print(f"error: {err}; stopping. The last good checkpoint is {last}", file=sys.stderr)
             return 1
         # evaluate, apply the stop rule
-        val = evaluate(raw_model, val_loader, device)
+        val = evaluate(raw_model, val_loader, device, args.gender_weight)
         stopping = stop.update(val["val_loss"])
         record = {"round": round_index, "lr": round(lr_fn((round_index + 1) * steps_per_round - 1), 6),
                   **stats, **val, "best": stop.improved, "sampler": sampler.round_record()}

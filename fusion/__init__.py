@@ -1,6 +1,7 @@
 """fusion: the dense head over the branches, and everything that uses the fused model.
 
-Commands: ``agefuse-train-fusion`` (``fusion.train``), ``agefuse-evaluate``,
+Commands: ``agefuse-train-fusion`` (``fusion.train``), ``agefuse-train-joint`` (``fusion.joint``:
+branches and head fine-tuned together), ``agefuse-evaluate``,
 ``agefuse-predict``, ``agefuse-export`` (also ``--format onnx``: ``fusion.onnx``),
 ``agefuse-audit`` (``fusion.audit``: suspect labels, near duplicates), ``agefuse-serve``
 (``fusion.serve``: a local HTTP service and page).
@@ -14,7 +15,8 @@ Offers:
 - ``predict_faces(model, image)``: every face of a BGR photo with its estimates (the records
   of agefuse-predict's JSON), and its parts: ``estimate`` (crops to outputs),
   ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
-- ``train_fusion_parser()``: the agefuse-train-fusion parser (recipes check their options on it).
+- ``train_fusion_parser()``, ``train_joint_parser()``: the agefuse-train-fusion and
+  agefuse-train-joint parsers (recipes check their options on them).
 """
 import importlib
 
@@ -37,5 +39,12 @@ def train_fusion_parser():
     return get_args_parser()
 
 
+def train_joint_parser():
+    """The agefuse-train-joint parser."""
+    from .joint import get_args_parser
+    return get_args_parser()
+
+
 __all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "load_fused", "predict_faces", "train_fusion_parser"]
+           "estimate", "load_fused", "predict_faces", "train_fusion_parser",
+           "train_joint_parser"]

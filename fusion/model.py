@@ -107,15 +107,7 @@ class FusedModel(nn.Module):
         is the faster way to use several cores: a batch-1 conv gains almost nothing from a
         second intra-op thread, two branches at once nearly halve the time."""
         def block(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
-            if region in self.mirrored:
-                images = torch.cat([images, images.flip(-1)], 1)
-            n, v = images.shape[:2]
-            packed = self.block.pack(branch(images.flatten(0, 1)))
-            if packed.shape[1] != self.block.width:
-                raise ValueError(f"the {region} branch gives {packed.shape[1] - 2} embedding features, the "
-                                 f"fusion head was built for {self.block.embedding_dim}: its head changed; "
-                                 f"train the fusion head again over it")
-            return packed.view(n, v, -1).mean(1)
+            return self.branch_block(region, branch, images)[0]
 
         if pool is None:
             blocks = [block(*args) for args in zip(self.regions, self.branches, views)]
@@ -127,6 +119,22 @@ class FusedModel(nn.Module):
                     return block(region, branch, images)
             blocks = list(pool.map(in_caller_mode, self.regions, self.branches, views))
         return torch.stack(blocks, 1)
+
+    def branch_block(self, region: str, branch: nn.Module, images: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One branch's (N, F) block of the head's input from its (N, V, 3, H, W) views, and
+        the branch's own outputs for every view (N * V rows, face-major: what joint training
+        scores each branch by)."""
+        if region in self.mirrored:
+            images = torch.cat([images, images.flip(-1)], 1)
+        n, v = images.shape[:2]
+        out = branch(images.flatten(0, 1))
+        packed = self.block.pack(out)
+        if packed.shape[1] != self.block.width:
+            raise ValueError(f"the {region} branch gives {packed.shape[1] - 2} embedding features, the "
+                             f"fusion head was built for {self.block.embedding_dim}: its head changed; "
+                             f"train the fusion head again over it")
+        return packed.view(n, v, -1).mean(1), out
 
     @torch.no_grad()
     def trace_branches(self) -> "FusedModel":

@@ -192,7 +192,7 @@ def test_shipped_face_gender_weights_tell_sample_genders_out_of_the_box():
     sample faces at its 32 px; then as a branch's backbone at other sizes."""
     import cv2
     from conftest import SAMPLE
-    trunk = backbones.build_backbone("dlib_gender_resnet", pretrained=True).eval()
+    trunk = backbones.build_backbone("dlib_gender_cnn", pretrained=True).eval()
     shipped = torch.load(backbones.DLIB_GENDER_WEIGHTS, weights_only=True)
     gender_layer = torch.nn.Linear(16, 2)
     gender_layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
@@ -208,7 +208,7 @@ def test_shipped_face_gender_weights_tell_sample_genders_out_of_the_box():
     accuracy = (female == true).float().mean().item()
     assert accuracy > 0.8, accuracy  # measured 0.861 (ONNX Runtime's decisions, to the last one)
     for size in (32, 64):
-        out = create_model("dlib_gender_resnet", pretrained=True).eval()(
+        out = create_model("dlib_gender_cnn", pretrained=True).eval()(
             torch.randint(0, 255, (3, 3, size, size), dtype=torch.uint8))
         assert out["embedding"].shape == (3, 128) and torch.isfinite(out["age"]).all()
 

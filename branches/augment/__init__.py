@@ -123,8 +123,12 @@ def load_config(aug: str) -> dict[str, list]:
 
 
 def build_pipeline(region: str, aug: str = "default", seed: int | None = None) -> A.Compose:
-    """The region's Compose (empty for ``none`` or a region the config does not name)."""
+    """The region's Compose (empty for ``none`` or a region the config does not name). A
+    second network on a crop (``face_alt``) is augmented as the first (``face``) unless the
+    config names it."""
     config = load_config(aug)
+    if region not in config and region.endswith("_alt"):
+        region = region.removesuffix("_alt")
     if config and region not in config:
         raise ValueError(f"the augmentation config {aug!r} has no entry for region {region!r} "
                          f"(it has {sorted(config)})")
