@@ -166,21 +166,28 @@ def test_resnet_weights_only_from_a_local_file(tmp_path):
     assert backbones.build_backbone("resnet18", weights=str(tmp_path / "r18.pth")).features == 512
 
 
+def shipped_network(name: str, weights, outputs: int, size: int):
+    """A shipped backbone, its own final layer (dropped by the backbone) back on, and the
+    sample faces at ``size`` px normalised as it expects: (trunk, layer, inputs, files)."""
+    import cv2
+    from conftest import SAMPLE
+    trunk = backbones.build_backbone(name, pretrained=True).eval()
+    shipped = torch.load(weights, weights_only=True)
+    layer = torch.nn.Linear(trunk.features, outputs)
+    layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
+    files = sorted(SAMPLE.glob("*.jpg"))
+    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA)
+                                       for f in files])).permute(0, 3, 1, 2).float()
+    mean, std = torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255, torch.tensor(trunk.std).view(1, 3, 1, 1) * 255
+    return trunk, layer, (chips - mean) / std, files
+
+
 def test_shipped_face_age_weights_estimate_sample_ages_out_of_the_box():
     """The converted dlib face-age ResNet, with its own 81-way age layer, on real sample faces
     at 64 px: a wrong conversion (a transposed kernel, a swapped affine) gives nonsense."""
-    import cv2
-    from conftest import SAMPLE
-    trunk = backbones.build_backbone("dlib_age_resnet", pretrained=True).eval()
-    shipped = torch.load(backbones.DLIB_AGE_WEIGHTS, weights_only=True)
-    age_layer = torch.nn.Linear(256, 81)
-    age_layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
-    files = sorted(SAMPLE.glob("*.jpg"))
-    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (64, 64), interpolation=cv2.INTER_AREA)
-                                       for f in files])).permute(0, 3, 1, 2).float()
-    mean, std = torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255, torch.tensor(trunk.std).view(1, 3, 1, 1) * 255
+    trunk, age_layer, inputs, files = shipped_network("dlib_age_resnet", backbones.DLIB_AGE_WEIGHTS, 81, 64)
     with torch.no_grad():
-        expected_age = age_layer(trunk((chips - mean) / std)).softmax(1) @ torch.arange(81.0)
+        expected_age = age_layer(trunk(inputs)).softmax(1) @ torch.arange(81.0)
     true = torch.tensor([float(f.name.split("_")[0]) for f in files])
     mae = (expected_age - true).abs().mean().item()
     assert mae < 10, mae  # measured 6.69 (correlation 0.92) on the age-balanced sample
@@ -190,18 +197,9 @@ def test_shipped_face_age_weights_estimate_sample_ages_out_of_the_box():
 def test_shipped_face_gender_weights_tell_sample_genders_out_of_the_box():
     """The converted dlib gender CNN, with its own 2-way layer (columns: female, male), on real
     sample faces at its 32 px; then as a branch's backbone at other sizes."""
-    import cv2
-    from conftest import SAMPLE
-    trunk = backbones.build_backbone("dlib_gender_cnn", pretrained=True).eval()
-    shipped = torch.load(backbones.DLIB_GENDER_WEIGHTS, weights_only=True)
-    gender_layer = torch.nn.Linear(16, 2)
-    gender_layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
-    files = sorted(SAMPLE.glob("*.jpg"))
-    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (32, 32), interpolation=cv2.INTER_AREA)
-                                       for f in files])).permute(0, 3, 1, 2).float()
-    mean, std = torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255, torch.tensor(trunk.std).view(1, 3, 1, 1) * 255
+    trunk, gender_layer, inputs, files = shipped_network("dlib_gender_cnn", backbones.DLIB_GENDER_WEIGHTS, 2, 32)
     with torch.no_grad():
-        features = trunk((chips - mean) / std)
+        features = trunk(inputs)
         female = gender_layer(features).argmax(1) == 0
     true = torch.tensor([f.name.split("_")[1] == "1" for f in files])
     assert features.shape == (len(files), 16) and torch.isfinite(features).all() and features.std(0).max() > 0.1

@@ -153,10 +153,22 @@ def test_a_recipe_switch_becomes_its_flag_and_a_non_boolean_is_refused():
     assert recipes.stage_argv("regions", {"fallback": False}) == ["--no-fallback"]
 
 
-@pytest.mark.parametrize("name", ["cpu-budget", "gpu", "ranges-check"])
+@pytest.mark.parametrize("name", ["cpu-budget", "cpu-long", "gpu", "ranges-check"])
 def test_the_shipped_recipes_load(name):
     recipe = recipes.load(ROOT / "recipes" / f"{name}.toml")
     assert recipe.branches and all("max-rounds" in options for options in recipe.branches.values())
+
+
+def test_a_recipe_joint_table_is_checked_against_the_joint_command(tmp_path):
+    recipe = recipes.load(ROOT / "recipes" / "cpu-budget.toml")
+    assert recipes.stage_argv("joint", recipe.joint)[:2] == ["--round-size", "2048"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[branches.face]\nmax-rounds = 1\n[joint]\nhead-lr = 0\n')
+    with pytest.raises(ValueError, match=r"bad.toml \[joint\].*head-lr"):
+        recipes.load(bad)
+    bad.write_text('[branches.face]\nmax-rounds = 1\n[joint]\nepochs = 3\n')
+    with pytest.raises(ValueError, match=r"bad.toml \[joint\]: 'epochs' is not an option"):
+        recipes.load(bad)
 
 
 def test_the_installed_models_recipe_sits_beside_its_card():
