@@ -15,7 +15,8 @@ test split is never read).
 Writes to --out: results.json (recipe, seed, git commit, split sizes, timings, every figure),
 results.md (the tables printed at the end), recipe.toml (the file as run) and each stage's
 own folder and log. A rerun with the same --out resumes: the regions stage does only what is
-missing, a branch with a finished history is not retrained (delete its folder to redo it).
+missing, a branch run resumes from its last.pt (a finished one has nothing to do; delete its
+folder to redo it).
 """
 import argparse
 import json
@@ -61,14 +62,15 @@ def git_commit() -> str | None:
 def train_branch(cache: Path, out: Path, region: str, options: dict, recipe: recipes.Recipe) -> dict:
     """One branch with the recipe's options (``options``: its table, variants merged in)."""
     start = time.perf_counter()
-    if not (out / "history.json").is_file() or not (out / "best.pt").is_file():
-        command = [sys.executable, "-m", "branches.train", "--cache", str(cache), "--region", region,
-                   "--out", str(out), "--seed", str(recipe.seed), "--device", recipe.device,
-                   *recipes.stage_argv("branch", options)]
-        if (out / "last.pt").is_file():
-            command.append("--resume")
-        out.mkdir(parents=True, exist_ok=True)
-        log_run(command, out.with_suffix(".log"))
+    # a run cut off part-way has a history too: resuming finishes it, and costs a finished run
+    # only the loading ("nothing to do")
+    command = [sys.executable, "-m", "branches.train", "--cache", str(cache), "--region", region,
+               "--out", str(out), "--seed", str(recipe.seed), "--device", recipe.device,
+               *recipes.stage_argv("branch", options)]
+    if (out / "last.pt").is_file():
+        command.append("--resume")
+    out.mkdir(parents=True, exist_ok=True)
+    log_run(command, out.with_suffix(".resumed.log" if "--resume" in command else ".log"))
     history = json.loads((out / "history.json").read_text())
     best = min(history, key=lambda h: h["val_loss"])
     return {"region": region, "options": options, "rounds": len(history),
