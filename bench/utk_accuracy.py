@@ -19,6 +19,7 @@ missing, a branch run resumes from its last.pt (a finished one has nothing to do
 folder to redo it).
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -162,7 +163,11 @@ def main(args):
     if recipe.joint:  # 3b. branches and head fine-tuned together, from the frozen fusion
         tick = time.perf_counter()
         joint = out / "joint"
-        if not (joint / "joint.json").is_file():
+        done = json.loads((joint / "joint.json").read_text()) if (joint / "joint.json").is_file() else None
+        if done and done.get("start_sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
+            shutil.rmtree(joint)  # it started from another fusion head than this run's: redo it
+            done = None
+        if done is None:
             log_run([sys.executable, "-m", "fusion.joint", "--cache", str(cache), "--fused", str(model),
                      "--out", str(joint), "--seed", str(recipe.seed), "--device", recipe.device,
                      *recipes.stage_argv("joint", recipe.joint), *(["--resume"] if (joint / "last.pt").is_file() else [])],

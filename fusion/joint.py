@@ -10,14 +10,17 @@ learning rate. Faces are drawn like the branches' own (the class-rebalanced boot
 round at a time, each region's declared augmentation) and the run stops like theirs (the
 stop rule over rounds, or ``--max-rounds``).
 
-Reads top to bottom: data, model, resume, the rounds (train, validate, checkpoint), the
+Reads top to bottom: model, data, resume, the rounds (train, validate, checkpoint), the
 interval, the end. ``OUT/last.pt`` is written after every round; ``--resume`` continues
-from it. Writes ``OUT/fused.pt`` (the best round, its interval refitted: the same kind of
-file as agefuse-train-fusion's), ``history.json`` and ``joint.json``.
+from it with the same start (checked by its SHA-256) and settings, so a run split over
+several calls (``--pause-after``) ends with the weights of one uninterrupted run. Writes
+``OUT/fused.pt`` (the best round, its interval refitted: the same kind of file as
+agefuse-train-fusion's), ``history.json`` and ``joint.json``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
 import time
@@ -41,6 +44,11 @@ from .model import in_calibration_half, load_fused, save_fused
 from .train import fit_temperature, head_loss
 
 AUX_WEIGHT = 0.5  # each branch's own loss, beside the fused one
+# what a resumed run must share with the one it continues: anything that changes the draws,
+# the augmentation or the schedule (k and epsilon may change: the stop rule is only a reading)
+SETTINGS = ("lr", "head_lr", "aux_weight", "gender_weight", "branch_dropout", "aug", "alpha", "round_size",
+            "max_rounds", "batch_size", "seed", "workers")
+RESUME_KEYS = {"model", "optimizer", "stop", "round", "history", "best", "start_sha256", "settings"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -73,7 +81,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="for the draws, augmentation and dropout")
     parser.add_argument("--workers", type=int_at_least(0), default=1, help="data-loading processes (0 = in the loop)")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same start and settings)")
+    parser.add_argument("--pause-after", type=int_at_least(1), default=None,
+                        help="end this call after so many rounds; --resume continues (a long run split over sessions)")
     return parser
 
 
@@ -153,7 +163,7 @@ def joint_loss(model, views, present, age, gender, age_range, keep, aux_weight: 
             aux.append(branch_loss({k: v[rows] for k, v in out.items()}, repeat(age), repeat(gender),
                                    age_range=repeat(age_range), gender_weight=gender_weight)[0])
     fused = head_loss(model, torch.stack(blocks, 1), present & keep, age, gender, age_range, gender_weight)
-    return fused + aux_weight * torch.stack(aux).mean(), fused
+    return fused + aux_weight * (torch.stack(aux).mean() if aux else 0), fused
 
 
 @torch.inference_mode()
@@ -183,6 +193,12 @@ def main(args: argparse.Namespace) -> int:
                           else "cpu" if args.device == "auto" else args.device)
     out, cache = Path(args.out), Path(args.cache)
 
+    if args.round_size < args.batch_size:
+        raise SystemExit(f"error: --round-size {args.round_size} is smaller than --batch-size {args.batch_size}: "
+                         f"a round would have no full batch")
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    start_sha256 = hashlib.sha256(Path(args.fused).read_bytes()).hexdigest()
+
     # the model to start from, every weight trainable
     model, state = load_fused(args.fused, device, fold=False)
     model.requires_grad_(True)
@@ -209,13 +225,19 @@ def main(args: argparse.Namespace) -> int:
         if not (out / "last.pt").is_file():
             raise CheckpointError(f"{out / 'last.pt'}: no joint run to resume")
         saved = read_torch_file(out / "last.pt", "joint checkpoint")
-        if saved["config"]["fused"] != str(args.fused):
-            raise CheckpointError(f"{out / 'last.pt'} started from {saved['config']['fused']}, not {args.fused}")
+        if not isinstance(saved, dict) or not RESUME_KEYS <= set(saved):
+            raise CheckpointError(f"{out / 'last.pt'}: not an agefuse-train-joint checkpoint")
+        if saved["start_sha256"] != start_sha256:
+            raise CheckpointError(f"{out / 'last.pt'} started from another model than {args.fused} (SHA-256 differs)")
+        changed = [f"--{k.replace('_', '-')} {saved['settings'].get(k)!r} there, {v!r} here"
+                   for k, v in settings.items() if saved["settings"].get(k) != v]
+        if changed:
+            raise CheckpointError(f"{out / 'last.pt'} was trained with other settings ({'; '.join(changed)}): "
+                                  f"resume with the same ones, or start a new --out")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         stop.load_state_dict(saved["stop"])
         history, start_round, best_state = saved["history"], saved["round"] + 1, saved["best"]
-        torch.set_rng_state(saved["rng"])
         print(f"resumed from {out / 'last.pt'} after round {saved['round']}")
     else:  # round -1: where the frozen fusion stood
         history.append({"round": -1, **{k: v for k, v in evaluate(model, val_loader, device, args.gender_weight)
@@ -242,12 +264,14 @@ def main(args: argparse.Namespace) -> int:
                 group["lr"] = group["peak"] * cosine_lr(step, total, warmup=min(len(loader), 100))
             views, present = [v.to(device) for v in views], present.to(device)
             age, gender, age_range = age.float().to(device), gender.to(device), age_range.to(device)
-            keep = torch.rand(present.shape, device=device) >= args.branch_dropout
+            keep = (torch.rand(present.shape) >= args.branch_dropout).to(device)  # the same mask on any device
             loss, fused = joint_loss(model, views, present, age, gender, age_range, keep, args.aux_weight,
                                      args.gender_weight)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {loss.item()} in round {round_index}; "
-                                         f"the last good checkpoint is {out / 'last.pt'}")
+                last = f"{out / 'last.pt'} (round {round_index - 1})" if round_index else "none yet"
+                print(f"error: the training loss became {loss.item()} in round {round_index}; stopping. "
+                      f"The last good checkpoint is {last}", file=sys.stderr)
+                return 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -267,12 +291,16 @@ def main(args: argparse.Namespace) -> int:
               f"mae {val['val_mae']:.3f} gender {100 * val['val_gender_acc']:.1f}% | {count / seconds:.1f} faces/s"
               f"{'  *best' if stop.improved else ''}", flush=True)
         saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "stop": stop.state_dict(),
-                 "round": round_index, "history": history, "best": best_state, "rng": torch.get_rng_state(),
+                 "round": round_index, "history": history, "best": best_state, "start_sha256": start_sha256,
+                 "settings": settings,
                  "config": vars(args)}
         tmp = out / ".last.pt.tmp"
         torch.save(saved, tmp)
         tmp.replace(out / "last.pt")
         (out / "history.json").write_text(json_text(history))
+        if args.pause_after and round_index + 1 - start_round >= args.pause_after and round_index + 1 < args.max_rounds:
+            print(f"paused after round {round_index} (--pause-after {args.pause_after}): continue with --resume")
+            return 0
 
     # the best round, its interval refitted on half the validation split, checked on the other
     model.load_state_dict(best_state)
@@ -289,7 +317,7 @@ def main(args: argparse.Namespace) -> int:
     summary = {"start": str(args.fused), "best_round": best["round"], "val_mae": val["val_mae"],
                "val_gender_acc": val["val_gender_acc"], "before": history[0], "temperature": temperature,
                "val_interval_coverage": coverage, "interval_checked_faces": int(checked.sum()),
-               "rounds": len(history) - 1, "stop": stop.reason()}
+               "rounds": len(history) - 1, "stop": f"{stop.reason()} (round -1 counted)", "start_sha256": start_sha256}
     save_fused(model.cpu().eval(), state["branch_args"], out / "fused.pt",
                {"summary": {**state.get("summary", {}), "joint": summary}, "config": vars(args)})
     (out / "joint.json").write_text(json_text(summary))

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from fusion import load_fused
+from fusion.model import save_half
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,11 @@ def joint(cache, fused, out, *extra):
 def test_joint_training_moves_the_branches_and_resumes_to_the_same_model(sample_fused, sample_cache, tmp_path):
     whole = joint(sample_cache, sample_fused, tmp_path / "whole", "--max-rounds", "2")
     assert whole.returncode == 0, whole.stderr
-    cut = joint(sample_cache, sample_fused, tmp_path / "cut", "--max-rounds", "1")
-    assert cut.returncode == 0, cut.stderr
+    cut = joint(sample_cache, sample_fused, tmp_path / "cut", "--max-rounds", "2", "--pause-after", "1")
+    assert cut.returncode == 0 and "paused after round 0" in cut.stdout, cut.stderr
+    assert not (tmp_path / "cut" / "fused.pt").exists()
+    changed = joint(sample_cache, sample_fused, tmp_path / "cut", "--max-rounds", "2", "--resume", "--lr", "2e-3")
+    assert changed.returncode != 0 and "--lr 0.001 there, 0.002 here" in changed.stderr
     resumed = joint(sample_cache, sample_fused, tmp_path / "cut", "--max-rounds", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
@@ -48,8 +52,7 @@ def test_joint_training_moves_the_branches_and_resumes_to_the_same_model(sample_
 
 def test_resuming_from_another_start_is_refused(sample_fused, sample_cache, tmp_path):
     assert joint(sample_cache, sample_fused, tmp_path / "run", "--max-rounds", "1").returncode == 0
-    other = tmp_path / "other.pt"
-    other.write_bytes(sample_fused.read_bytes())
-    again = joint(sample_cache, other, tmp_path / "run", "--max-rounds", "2", "--resume")
+    other = save_half(sample_fused, tmp_path / "other.pt")  # a model, but not the one the run started from
+    again = joint(sample_cache, other, tmp_path / "run", "--max-rounds", "1", "--resume")
     assert again.returncode != 0
-    assert "started from" in again.stderr and "Traceback" not in again.stderr
+    assert "started from another model" in again.stderr and "Traceback" not in again.stderr
