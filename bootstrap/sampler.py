@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from .schedule import round_seed
+
 
 def group_weights(groups: Sequence[str], alpha: float) -> torch.Tensor:
     """Per-image weight ``count(group) ** -alpha``, as float64."""
@@ -66,7 +68,7 @@ class RebalancedBootstrapSampler(Sampler[int]):
 
     def draw(self) -> torch.Tensor:
         """All the round's draws, the same on every rank."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.round)
+        generator = torch.Generator().manual_seed(round_seed(self.seed, self.round))
         return torch.multinomial(self.weights, self.round_size, replacement=True,
                                  generator=generator)
 

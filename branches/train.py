@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
-from bootstrap import RebalancedBootstrapSampler, StopRule
+from bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
 from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder, run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
@@ -107,9 +106,9 @@ def setup_device(name: str) -> tuple[torch.device, int, int]:
 def seed_round(seed: int, round_index: int) -> int:
     """Everything random in a round comes from (seed, round): resuming at a round boundary
     replays exactly what an uninterrupted run would do."""
-    round_seed = seed * 1_000_003 + round_index
-    torch.manual_seed(round_seed)
-    return round_seed
+    seed = round_seed(seed, round_index)
+    torch.manual_seed(seed)
+    return seed
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -117,14 +116,6 @@ def _seed_worker(worker_id: int) -> None:
     transform = info.dataset.transform
     if transform is not None:
         transform.set_random_seed(info.seed % 2**31)
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine to 5% of the peak: a pure function of the step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ---- one round, and the evaluation ----------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from bootstrap import RebalancedBootstrapSampler, StopRule
+from bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
 from branches import (BRANCH_REGIONS, GENDER_WEIGHT, UNKNOWN_GENDER, CheckpointError, age_range_of, augmentation,
                       branch_loss, read_torch_file)
 from regions import manifest
@@ -142,14 +141,6 @@ def train_mode(model) -> None:
             module.eval()
 
 
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    """The share of the peak learning rate at ``step``: a short warm-up (the head meets
-    branches that start moving), then cosine to 5%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def joint_loss(model, views, present, age, gender, age_range, keep, aux_weight: float, gender_weight: float):
     """The fused loss over the head's view of the face (branches in ``keep`` only), plus
     ``aux_weight`` times each branch's own loss on the faces that have its crop."""
@@ -167,9 +158,10 @@ def joint_loss(model, views, present, age, gender, age_range, keep, aux_weight: 
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, gender_weight: float) -> dict:
+def evaluate(model, loader, device, gender_weight: float) -> tuple[dict, list[torch.Tensor]]:
     """Fused validation loss, age MAE and gender accuracy (with the model's own mirroring),
-    and the features, for the interval."""
+    and the data they were read from (features, presence, age, gender, age range), for the
+    interval."""
     model.eval()
     features, present, ages, genders, ranges = [], [], [], [], []
     for views, has, age, gender, age_range in loader:
@@ -184,8 +176,7 @@ def evaluate(model, loader, device, gender_weight: float) -> dict:
     known = data[3] >= 0
     female = out["gender_female"].cpu()
     return {"val_loss": loss, "val_mae": (out["age"].cpu() - data[2]).abs().mean().item(),
-            "val_gender_acc": ((female[known] > 0.5).long() == data[3][known]).float().mean().item(),
-            "_data": data}
+            "val_gender_acc": ((female[known] > 0.5).long() == data[3][known]).float().mean().item()}, data
 
 
 def main(args: argparse.Namespace) -> int:
@@ -240,8 +231,7 @@ def main(args: argparse.Namespace) -> int:
         history, start_round, best_state = saved["history"], saved["round"] + 1, saved["best"]
         print(f"resumed from {out / 'last.pt'} after round {saved['round']}")
     else:  # round -1: where the frozen fusion stood
-        history.append({"round": -1, **{k: v for k, v in evaluate(model, val_loader, device, args.gender_weight)
-                                        .items() if not k.startswith("_")}})
+        history.append({"round": -1, **evaluate(model, val_loader, device, args.gender_weight)[0]})
         stop.update(history[0]["val_loss"])
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         print(f"before joint training: val loss {history[0]['val_loss']:.4f} mae {history[0]['val_mae']:.3f} "
@@ -252,16 +242,17 @@ def main(args: argparse.Namespace) -> int:
         if stop.should_stop():
             break
         # train one bootstrap round
-        torch.manual_seed(args.seed * 1_000_003 + round_index)
+        torch.manual_seed(round_seed(args.seed, round_index))
         sampler.set_round(round_index)
-        train_set.reseed(args.seed * 1_000_003 + round_index)  # workers=0; workers reseed themselves
+        train_set.reseed(round_seed(args.seed, round_index))  # workers=0; workers reseed themselves
         train_mode(model)
         model.mirrored = set()
         tick, sums, count = time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f"round {round_index}", unit="batch", leave=False, disable=None)
         for step, (views, present, age, gender, age_range) in enumerate(bar, round_index * len(loader)):
             for group in optimizer.param_groups:
-                group["lr"] = group["peak"] * cosine_lr(step, total, warmup=min(len(loader), 100))
+                # a short warm-up: the head meets branches that start moving
+                group["lr"] = lr_at(step, total, group["peak"], warmup=min(len(loader), 100))
             views, present = [v.to(device) for v in views], present.to(device)
             age, gender, age_range = age.float().to(device), gender.to(device), age_range.to(device)
             keep = (torch.rand(present.shape) >= args.branch_dropout).to(device)  # the same mask on any device
@@ -281,7 +272,7 @@ def main(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - tick
 
         # validate, apply the stop rule, checkpoint
-        val = {k: v for k, v in evaluate(model, val_loader, device, args.gender_weight).items() if not k.startswith("_")}
+        val = evaluate(model, val_loader, device, args.gender_weight)[0]
         stop.update(val["val_loss"])
         if stop.improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -304,8 +295,8 @@ def main(args: argparse.Namespace) -> int:
 
     # the best round, its interval refitted on half the validation split, checked on the other
     model.load_state_dict(best_state)
-    val = evaluate(model, val_loader, device, args.gender_weight)
-    features, present, age = (d.to(device) for d in val["_data"][:3])
+    val, data = evaluate(model, val_loader, device, args.gender_weight)
+    features, present, age = (d.to(device) for d in data[:3])
     fitted = torch.tensor([in_calibration_half(r["id"]) for r in val_set.rows], device=device)
     temperature = fit_temperature(model, features[fitted], present[fitted], age[fitted])
     with torch.no_grad():

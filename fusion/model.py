@@ -106,17 +106,14 @@ class FusedModel(nn.Module):
         With a thread ``pool`` the branches run side by side. For a photo's few faces that
         is the faster way to use several cores: a batch-1 conv gains almost nothing from a
         second intra-op thread, two branches at once nearly halve the time."""
-        def block(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
-            return self.branch_block(region, branch, images)[0]
-
         if pool is None:
-            blocks = [block(*args) for args in zip(self.regions, self.branches, views)]
+            blocks = [self.branch_block(*args)[0] for args in zip(self.regions, self.branches, views)]
         else:
             inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
             def in_caller_mode(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
                 with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
-                    return block(region, branch, images)
+                    return self.branch_block(region, branch, images)[0]
             blocks = list(pool.map(in_caller_mode, self.regions, self.branches, views))
         return torch.stack(blocks, 1)
 
