@@ -1,5 +1,6 @@
 """agefuse-predict latency per face on this CPU: detection + landmarks + crops + every branch
-+ fusion, for a photo with one face and a photo with four.
++ fusion, for a photo with one face and a photo with four (only the crops the model reads, as
+agefuse-predict cuts them).
 
     python bench/predict_latency.py --model runs/fused/fused.pt [--upsample 0] [--repeats 30]
 
@@ -17,8 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from fusion import branch_pool, crop_settings, estimate, load_fused
-from regions import faces_in
+from fusion import branch_pool, crop_settings, estimate, find_faces, load_fused
 
 
 def sample_faces(source: str, count: int) -> list[np.ndarray]:
@@ -40,7 +40,7 @@ def timed(model, image, upsample, repeats, pool, detect_threads):
     pipeline, network, found = [], [], 0
     for _ in range(repeats):
         start = time.perf_counter()
-        faces = faces_in(image, crop_settings(model, "hog", upsample), threads=detect_threads)
+        faces = find_faces(model, image, crop_settings(model, "hog", upsample), threads=detect_threads)
         middle = time.perf_counter()
         estimate(model, faces, pool)
         network.append(time.perf_counter() - middle)

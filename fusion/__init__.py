@@ -13,7 +13,8 @@ Offers:
 - ``load_fused(path)``: the fused model (the installed one without a path), ``DEFAULT_MODEL``;
 - ``crop_settings(model, ...)``: how to find and crop faces the way the model learned them;
 - ``predict_faces(model, image)``: every face of a BGR photo with its estimates (the records
-  of agefuse-predict's JSON), and its parts: ``estimate`` (crops to outputs),
+  of agefuse-predict's JSON), and its parts: ``find_faces`` (the faces with the crops the
+  model reads), ``estimate`` (crops to outputs),
   ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
 - ``train_fusion_parser()``, ``train_joint_parser()``: the agefuse-train-fusion and
   agefuse-train-joint parsers (recipes check their options on them).
@@ -24,7 +25,7 @@ from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
 
 # the commands' modules load on first use, so ``python -m fusion.predict`` (or train) does
 # not find itself imported already
-_FROM_PREDICT = ("branch_pool", "crop_settings", "draw_labelled_box", "estimate", "predict_faces")
+_FROM_PREDICT = ("branch_pool", "crop_settings", "draw_labelled_box", "estimate", "find_faces", "predict_faces")
 
 
 def __getattr__(name: str):
@@ -46,5 +47,5 @@ def train_joint_parser():
 
 
 __all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "load_fused", "predict_faces", "train_fusion_parser",
+           "estimate", "find_faces", "load_fused", "predict_faces", "train_fusion_parser",
            "train_joint_parser"]

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of
-from regions import manifest
+from regions import REGIONS, manifest
 
 from .model import FusedModel
 
@@ -35,6 +35,12 @@ def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.
             image = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_AREA)
         views.append(np.ascontiguousarray(image.transpose(2, 0, 1)))
     return np.stack(views)
+
+
+def crops_read(regions: list[str]) -> tuple[str, ...]:
+    """The cache crops that branches of ``regions`` read, in the crop registry's order."""
+    names = {name for region in regions for name, _ in BRANCH_REGIONS[region]}
+    return tuple(name for name in REGIONS if name in names)
 
 
 def batch_inputs(model: FusedModel, faces: list[dict[str, np.ndarray | None]]

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
 from regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
 
-from .features import batch_inputs
+from .features import batch_inputs, crops_read
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, parse_groups
 from .model import FusedModel, load_fused
 
@@ -98,6 +98,13 @@ def crop_settings(model: FusedModel, detector: str | None = None, upsample: int 
     return replace(model.crop_settings, fallback=fallback, **{k: v for k, v in asked.items() if v is not None})
 
 
+def find_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None, threads: int = 1
+               ) -> list[dict]:
+    """The faces of a BGR image with the crops ``model`` reads (``regions.faces_in``): a
+    model of box-framed branches alone skips the landmarks and the other crops."""
+    return faces_in(image, settings or crop_settings(model), threads=threads, crops=crops_read(model.regions))
+
+
 @torch.inference_mode()
 def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None,
                   pool: ThreadPoolExecutor | None = None, threads: int = 1,
@@ -107,7 +114,7 @@ def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | Non
     2 or more also shares the detection between two threads; ``groups``: the age groups
     whose probabilities each record holds (default: minors and adults)."""
     groups = groups or parse_groups()
-    faces = faces_in(image, settings or crop_settings(model), threads=threads)
+    faces = find_faces(model, image, settings, threads)
     if not faces:
         return []
     out = estimate(model, faces, pool)

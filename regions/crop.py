@@ -125,19 +125,32 @@ def framing_matrix(box, size: tuple[int, int], framing: BoxFraming = BoxFraming(
     return np.array([[scale, 0, size[0] / 2 - scale * cx], [0, scale, size[1] / 2 - scale * cy]])
 
 
-def region_matrices(box, landmarks: np.ndarray, sizes: dict[str, tuple[int, int]] | None = None
-                    ) -> dict[str, np.ndarray]:
-    """The affine of every region in ``REGIONS`` for one face."""
+def needs_landmarks(names) -> bool:
+    """Whether any of the crops ``names`` is placed by the landmarks (all but ``original``,
+    which the detector's box frames): a caller that wants only box-framed crops can skip the
+    68-point predictor."""
+    return any(not isinstance(REGIONS[name], BoxFraming) for name in names)
+
+
+def region_matrices(box, landmarks: np.ndarray | None, sizes: dict[str, tuple[int, int]] | None = None,
+                    names=CROP_NAMES) -> dict[str, np.ndarray]:
+    """The affine of each region ``names`` (every one in ``REGIONS`` by default) for one
+    face; ``landmarks`` may be None when none of them needs it."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
-    face = REGIONS["face"]
-    matrices = {ORIGINAL: framing_matrix(box, sizes[ORIGINAL], REGIONS[ORIGINAL]),
-                "face": alignment_matrix(landmarks, sizes["face"], face)}
-    # parts are placed in an aligned frame of unit width, so their boxes do not depend on
-    # the face crop's size
-    unit = alignment_matrix(landmarks, (1, 1), face)
-    for name, region in REGIONS.items():
-        if isinstance(region, PartRegion):
-            matrices[name] = part_matrix(landmarks, unit, region, sizes[name])
+    matrices = {}
+    if ORIGINAL in names:
+        matrices[ORIGINAL] = framing_matrix(box, sizes[ORIGINAL], REGIONS[ORIGINAL])
+    if needs_landmarks(names):
+        face = REGIONS["face"]
+        # parts are placed in an aligned frame of unit width, so their boxes do not depend on
+        # the face crop's size
+        unit = alignment_matrix(landmarks, (1, 1), face)
+        for name in names:
+            region = REGIONS[name]
+            if isinstance(region, AlignedFace):
+                matrices[name] = alignment_matrix(landmarks, sizes[name], region)
+            elif isinstance(region, PartRegion):
+                matrices[name] = part_matrix(landmarks, unit, region, sizes[name])
     return matrices
 
 
@@ -148,14 +161,14 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.nda
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def face_crops(image: np.ndarray, box, landmarks: np.ndarray,
-               sizes: dict[str, tuple[int, int]] | None = None
+def face_crops(image: np.ndarray, box, landmarks: np.ndarray | None,
+               sizes: dict[str, tuple[int, int]] | None = None, names=CROP_NAMES
                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{region: (crop, matrix)}`` for every region of one face: the one definition of the
-    crops, in the image's own channel order."""
+    """``{region: (crop, matrix)}`` for the regions ``names`` of one face (all by default):
+    the one definition of the crops, in the image's own channel order."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     return {name: (warp(image, matrix, sizes[name]), matrix)
-            for name, matrix in region_matrices(box, landmarks, sizes).items()}
+            for name, matrix in region_matrices(box, landmarks, sizes, names).items()}
 
 
 def parse_size(text: str) -> tuple[int, int]:

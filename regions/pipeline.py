@@ -161,13 +161,14 @@ def perceptual_hash(gray: np.ndarray) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
-def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int | None = None
-           ) -> tuple[list[dict], int]:
+def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int | None = None,
+           crops: tuple[str, ...] = crop.CROP_NAMES) -> tuple[list[dict], int]:
     """The faces of a BGR image, largest first, and how many the detector found: each a dict
     of ``box``, ``score`` (None for the whole-image fallback), ``detector``, ``landmarks``,
     and ``crops`` and ``matrices`` by region (BGR, from ``crop.face_crops``). ``limit``: crop
-    only that many faces. With ``settings.fallback``, an image with no detection is taken as
-    one pre-cropped face."""
+    only that many faces; ``crops``: only these regions (``landmarks`` is None when none of
+    them needs the 68 points). With ``settings.fallback``, an image with no detection is
+    taken as one pre-cropped face."""
     height, width = image.shape[:2]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     found = landmarks.face_locations(
@@ -180,8 +181,8 @@ def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int |
     sizes = {name: tuple(size) for name, size in settings.sizes.items()}
     faces = []
     for box, score in found[:limit]:
-        points = landmarks.face_landmarks(gray, box)
-        cut = crop.face_crops(image, box, points, sizes)
+        points = landmarks.face_landmarks(gray, box) if crop.needs_landmarks(crops) else None
+        cut = crop.face_crops(image, box, points, sizes, crops)
         faces.append({"box": tuple(map(int, box)), "score": score, "detector": detector, "landmarks": points,
                       "crops": {name: pixels for name, (pixels, _) in cut.items()},
                       "matrices": {name: matrix for name, (_, matrix) in cut.items()}})
@@ -222,11 +223,13 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
             "phash": perceptual_hash(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)), "width": width, "height": height}
 
 
-def faces_in(image: np.ndarray, settings: Settings = Settings(fallback=False), threads: int = 1) -> list[dict]:
+def faces_in(image: np.ndarray, settings: Settings = Settings(fallback=False), threads: int = 1,
+             crops: tuple[str, ...] = crop.CROP_NAMES) -> list[dict]:
     """Every face of a BGR photo, in memory, as ``detect`` gives them, with RGB ``crops``
     (what the branches read): the crops a cache made with ``settings`` would hold for it.
-    ``threads`` as in ``landmarks.face_locations``."""
-    faces, _ = detect(image, settings, threads)
+    ``threads`` as in ``landmarks.face_locations``; ``crops``: only these regions (a model
+    that reads only ``original`` skips the landmarks)."""
+    faces, _ = detect(image, settings, threads, crops=crops)
     for face in faces:
         face["crops"] = {name: cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB) for name, pixels in face["crops"].items()}
     return faces

@@ -76,6 +76,19 @@ def test_original_frames_the_detected_box_as_a_chip_does(hog_cache):
         assert (corners[0] + corners[1]) / 2 == pytest.approx([side / 2, side / 2], abs=0.5)
 
 
+def test_asking_for_some_crops_cuts_the_same_pixels_and_skips_landmarks_it_does_not_need():
+    """What ``agefuse-predict`` does for a model that reads only some crops."""
+    from regions.pipeline import Settings, detect
+    image = cv2.imread(str(sample_files(1, offset=7)[0]))
+    (every,), _ = detect(image, Settings())
+    (boxed,), _ = detect(image, Settings(), crops=("original",))
+    (mouth,), _ = detect(image, Settings(), crops=("mouth",))
+    assert boxed["landmarks"] is None and list(boxed["crops"]) == ["original"]
+    assert np.array_equal(boxed["crops"]["original"], every["crops"]["original"])
+    assert np.array_equal(mouth["landmarks"], every["landmarks"]) and list(mouth["crops"]) == ["mouth"]
+    assert np.array_equal(mouth["crops"]["mouth"], every["crops"]["mouth"])
+
+
 def test_sizes_are_configurable(tmp_path):
     source = link_images(tmp_path / "images", sample_files(3))
     run_regions(source, "--cache", tmp_path / "cache", "--workers", 1,

