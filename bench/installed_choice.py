@@ -7,7 +7,8 @@ bench/peer_latency.py (issue "accuracy II", point 4).
 --run is a bench/utk_accuracy.py output folder: its cache and trained branches. Each
 candidate below is a fusion head over some of those branches (agefuse-train-fusion, the run's
 seed), with or without mirrored crops; the run's own fused and joint models are candidates
-too. Each is evaluated on the validation split (agefuse-evaluate), then all are timed in one
+too. Each is copied in half precision, as the installed model ships (``save_half``), and that
+copy is sized, evaluated on the validation split (agefuse-evaluate) and timed, all in one
 interleaved peer_latency bench. Prints one table and the choice; writes choice.json.
 """
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion.model import save_half
 from peer_latency import bench_photos, ratios
 from utk_accuracy import log_run
 
@@ -29,11 +31,17 @@ CANDIDATES = [
     ("original+original_alt", ("original", "original_alt"), False),
     ("original+original_alt, mirrored", ("original", "original_alt"), True),
     ("original+face+original_alt", ("original", "face", "original_alt"), False),
+    ("original+face+mouth+original_alt", ("original", "face", "mouth", "original_alt"), False),
 ]
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def train_head(run: Path, out: Path, branches: tuple[str, ...], mirror: bool, seed: int) -> Path:
     if not (out / "fused.pt").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
         spec = ",".join(f"{r}={run / 'branches' / r / 'best.pt'}" for r in branches)
         log_run([sys.executable, "-m", "fusion.train", "--cache", str(run / "cache"), "--branches", spec,
                  "--out", str(out), "--seed", str(seed), "--mirror" if mirror else "--no-mirror"], out.with_suffix(".log"))
@@ -53,18 +61,24 @@ def main(args):
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed = json.loads((run / "results.json").read_text())["seed"] if (run / "results.json").is_file() else 0
-    models = {"the run's fused model (every branch)": run / "fused" / "fused.pt"}
-    if (run / "joint" / "fused.pt").is_file():
-        models["the run's joint model"] = run / "joint" / "fused.pt"
+    # a rerun reuses each head and evaluation already made
+    models = {name: path for name, path in [("the run's fused model (every branch)", run / "fused" / "fused.pt"),
+                                            ("the run's joint model", run / "joint" / "fused.pt")] if path.is_file()}
     for name, branches, mirror in CANDIDATES:
         if all((run / "branches" / r / "best.pt").is_file() for r in branches):
             tick = time.perf_counter()
-            models[name] = train_head(run, out / name.replace("+", "_").replace(", ", "-"), branches, mirror, seed)
+            models[name] = train_head(run, out / slug(name) / "fused", branches, mirror, seed)
             print(f"{name}: head trained in {(time.perf_counter() - tick) / 60:.1f} min", flush=True)
     scores = {}
     for name, path in models.items():
-        scores[name] = {**evaluate(run, path, path.parent / "eval-val"), "mb": path.stat().st_size / 2 ** 20}
+        half = out / slug(name) / "half.pt"
+        if not half.is_file():
+            save_half(path, half)
+        models[name] = half
+        scores[name] = {**evaluate(run, half, half.parent / "eval-val"), "mb": half.stat().st_size / 2 ** 20}
         print(f"{name}: {json.dumps(scores[name])}", flush=True)
+    if args.no_latency:
+        return 0
     found = ratios({name: str(path) for name, path in models.items()}, bench_photos(args.source, args.group),
                    args.rounds, args.repeats, args.threads)
     photos = list(next(iter(found.values())))
@@ -97,4 +111,5 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-latency", action="store_true", help="train and evaluate only (time them later, idle)")
     sys.exit(main(parser.parse_args()))
