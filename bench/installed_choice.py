@@ -23,7 +23,7 @@ from fusion.model import save_half
 from peer_latency import bench_photos, ratios
 from utk_accuracy import log_run
 
-SIZE_LIMIT_MB = 40.0
+SIZE_LIMIT_MB = 40.0  # MiB of the one file a fused model is
 # (name, branches, mirror): fewer and smaller branches trade accuracy for time; a model of
 # box-framed branches alone (original, original_alt) also skips the 68 landmarks
 CANDIDATES = [
@@ -44,7 +44,7 @@ def train_head(run: Path, out: Path, branches: tuple[str, ...], mirror: bool, se
         out.parent.mkdir(parents=True, exist_ok=True)
         spec = ",".join(f"{r}={run / 'branches' / r / 'best.pt'}" for r in branches)
         log_run([sys.executable, "-m", "fusion.train", "--cache", str(run / "cache"), "--branches", spec,
-                 "--out", str(out), "--seed", str(seed), "--mirror" if mirror else "--no-mirror"], out.with_suffix(".log"))
+                 "--out", str(out), "--seed", str(seed), "--device", "cpu", "--mirror" if mirror else "--no-mirror"], out.with_suffix(".log"))
     return out / "fused.pt"
 
 

@@ -19,6 +19,7 @@ import time
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from fusion import branch_pool, crop_settings, load_fused, predict_faces
@@ -42,7 +43,13 @@ def agefuse_runner(path: str, threads: int):
     model, _ = load_fused(path)
     model.trace_branches()
     pool, settings = branch_pool(model, threads), crop_settings(model)
-    return model, lambda bgr, rgb: len(predict_faces(model, bgr, settings, pool, threads))
+    # branch_pool sets torch's threads for the whole process: each model's own, before its call
+    own_threads = torch.get_num_threads()
+
+    def run(bgr, rgb):
+        torch.set_num_threads(own_threads)
+        return len(predict_faces(model, bgr, settings, pool, threads))
+    return model, run
 
 
 def ratios(models: dict[str, str], photos: dict[str, np.ndarray], rounds: int, repeats: int, threads: int,

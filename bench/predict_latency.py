@@ -67,7 +67,7 @@ def main(args):
         found, pipeline_ms, network_ms = timed(model, image, args.upsample, args.repeats, pool, detect_threads)
         total = pipeline_ms + network_ms
         print(f"{name}: {found} of {expected} faces found; {total:.1f} ms per photo = "
-              f"{pipeline_ms:.1f} detection+landmarks+crops + {network_ms:.1f} branches+fusion; "
+              f"{pipeline_ms:.1f} detection+crops + {network_ms:.1f} branches+fusion; "
               f"{total / max(found, 1):.1f} ms per face")
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from predict_latency import sample_faces  # bench/ is on the path of a bench script
+from fusion import crop_settings, find_faces
 from regions import landmarks
-from regions import faces_in
 from watch.loop import FaceEstimator, Settings, Stopwatch, watch
 from watch.video import Outputs, open_source
 
@@ -50,9 +50,9 @@ def make_video(path: Path, faces: list[np.ndarray], frames: int, fps: float = 25
     return path
 
 
-def detect_share(path: Path, threads: int, step: int = 10) -> tuple[float, float]:
-    """dlib's HOG detector alone, in ms, and its share of ``faces_in`` (detection, landmarks,
-    crops), both timed on every ``step``-th frame, one after the other on each, with the
+def detect_share(estimator: FaceEstimator, path: Path, threads: int, step: int = 10) -> tuple[float, float]:
+    """dlib's HOG detector alone, in ms, and its share of ``find_faces`` (detection, and the
+    landmarks and crops the estimator's model reads), both timed on every ``step``-th frame, one after the other on each, with the
     detector the loop uses (its pyramid shared between ``threads``)."""
     capture, detect, faces, index = cv2.VideoCapture(str(path)), [], [], 0
     while True:
@@ -63,7 +63,7 @@ def detect_share(path: Path, threads: int, step: int = 10) -> tuple[float, float
             start = perf_counter()
             landmarks.face_locations(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), threads=threads)
             middle = perf_counter()
-            faces_in(frame, threads=threads)
+            find_faces(estimator.model, frame, crop_settings(estimator.model), threads)
             detect.append(middle - start)
             faces.append(perf_counter() - middle)
         index += 1
@@ -95,7 +95,7 @@ def main(args):
             first = open_source(str(path))
             estimator(first.first, Stopwatch())  # warm-up: first calls allocate
             first.release()
-            detect = detect_share(path, estimator.threads or 1)
+            detect = detect_share(estimator, path, estimator.threads or 1)
             for every, tracker in ((1, "correlation"), (5, "correlation"), (5, "hold")):
                 summary = run(estimator, path, every, tracker, Path(tmp) / f"out{count}-{every}-{tracker}", args.video)
                 results.append((count, every, tracker, summary, detect))

@@ -87,7 +87,7 @@ class FusedModel(nn.Module):
         self.block = BranchBlock(widths[self.regions[0]])
         self.head = FusionHead(len(self.regions) * (self.block.width + 1), max_age)
         # how the faces this model learned from were found and cropped: predict and watch
-        # cut theirs the same way (regions.faces_in)
+        # cut theirs the same way (fusion.find_faces)
         self.crop_settings = crop_settings or CropSettings()
         self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
         self.register_buffer("temperature", torch.ones(()))

@@ -84,7 +84,7 @@ def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
 @torch.inference_mode()
 def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | None = None
              ) -> dict[str, torch.Tensor]:
-    """The fused model's outputs (``FusedModel.predict``) for faces found by ``faces_in``;
+    """The fused model's outputs (``FusedModel.predict``) for faces found by ``find_faces``;
     ``model`` may also be an ``OnnxModel``."""
     inputs, present = batch_inputs(model, [face["crops"] for face in faces])
     return model.outputs(inputs, present, pool)

@@ -136,7 +136,7 @@ def region_matrices(box, landmarks: np.ndarray | None, sizes: dict[str, tuple[in
                     names=CROP_NAMES) -> dict[str, np.ndarray]:
     """The affine of each region ``names`` (every one in ``REGIONS`` by default) for one
     face; ``landmarks`` may be None when none of them needs it."""
-    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    sizes, names = {**DEFAULT_SIZES, **(sizes or {})}, tuple(names)
     matrices = {}
     if ORIGINAL in names:
         matrices[ORIGINAL] = framing_matrix(box, sizes[ORIGINAL], REGIONS[ORIGINAL])

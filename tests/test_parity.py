@@ -168,7 +168,8 @@ def test_the_shipped_recipes_load(name):
 def test_the_installed_models_recipe_sits_beside_its_card():
     card = (ROOT / "fusion" / "default" / "MODEL.md").read_text()
     recipe = recipes.load(ROOT / "fusion" / "default" / "recipe.toml")
-    assert recipe.name in card and set(recipe.branches) == set(load_fused()[1]["branch_args"])
+    assert set(recipe.branches) == set(load_fused()[1]["branch_args"])
+    assert "recipe.toml" in card and all(f"`{region}`" in card for region in recipe.branches)
 
 
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -1,7 +1,7 @@
 """The watch loop: frames in, tracks with running estimates out.
 
-Every ``every``-th frame is a detection frame: dlib finds the faces and their landmarks, the
-region crops are cut and the fused model estimates each face (``fusion.find_faces``,
+Every ``every``-th frame is a detection frame: dlib finds the faces (and their landmarks, for
+a model that reads landmark crops), the region crops are cut and the fused model estimates each face (``fusion.find_faces``,
 ``fusion.estimate``: the same path as agefuse-predict).
 That is most of the cost (50-150 ms a frame on a 2-core CPU), so on the frames between,
 the faces are only followed, by dlib's correlation tracker: about 5 ms a face, it
@@ -76,7 +76,7 @@ class FaceEstimator:
 
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
         settings = crop_settings(self.model, self.detector, self.upsample)
-        with clock("faces"):  # detection, landmarks, crops
+        with clock("faces"):  # detection, the landmarks and crops the model reads
             faces = find_faces(self.model, frame, settings, threads=self.threads or 1)
         if not faces:
             return []
