@@ -103,18 +103,24 @@ class FusedModel(nn.Module):
         age / 100, gender logit, averaged over the views (and their mirror images, in the
         regions ``mirrored``).
 
-        With a thread ``pool`` the branches run side by side. For a photo's few faces that
-        is the faster way to use several cores: a batch-1 conv gains almost nothing from a
-        second intra-op thread, two branches at once nearly halve the time."""
+        With a thread ``pool`` the branches run side by side, and a mirrored branch's two
+        halves (its crops, their mirror images) as two tasks: for a photo's few faces that is
+        the faster way to use several cores: a batch-1 conv gains almost nothing from a second
+        intra-op thread, two at once nearly halve the time. The mean of the halves' blocks is
+        the mean over all views, as without a pool."""
         if pool is None:
             blocks = [self.branch_block(*args)[0] for args in zip(self.regions, self.branches, views)]
-        else:
-            inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+            return torch.stack(blocks, 1)
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        tasks = [(r, branch, half) for r, (region, branch, images) in enumerate(zip(self.regions, self.branches, views))
+                 for half in ([images, images.flip(-1)] if region in self.mirrored else [images])]
 
-            def in_caller_mode(region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
-                with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
-                    return self.branch_block(region, branch, images)[0]
-            blocks = list(pool.map(in_caller_mode, self.regions, self.branches, views))
+        def in_caller_mode(task) -> torch.Tensor:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
+                return self.views_block(task[0], task[1], task[2])
+        halves = list(pool.map(in_caller_mode, tasks))
+        blocks = [torch.stack([h for (r, _, _), h in zip(tasks, halves) if r == i]).mean(0)
+                  for i in range(len(self.regions))]
         return torch.stack(blocks, 1)
 
     def branch_block(self, region: str, branch: nn.Module, images: torch.Tensor
@@ -124,14 +130,20 @@ class FusedModel(nn.Module):
         scores each branch by)."""
         if region in self.mirrored:
             images = torch.cat([images, images.flip(-1)], 1)
-        n, v = images.shape[:2]
         out = branch(images.flatten(0, 1))
+        return self.pack_views(self.regions.index(region), out, images.shape[:2]), out
+
+    def views_block(self, index: int, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The (N, F) block of the ``index``-th branch from exactly these views (no mirroring)."""
+        return self.pack_views(index, branch(images.flatten(0, 1)), images.shape[:2])
+
+    def pack_views(self, index: int, out: dict[str, torch.Tensor], shape) -> torch.Tensor:
         packed = self.block.pack(out)
         if packed.shape[1] != self.block.width:
-            raise ValueError(f"the {region} branch gives {packed.shape[1] - 2} embedding features, the "
+            raise ValueError(f"the {self.regions[index]} branch gives {packed.shape[1] - 2} embedding features, the "
                              f"fusion head was built for {self.block.embedding_dim}: its head changed; "
                              f"train the fusion head again over it")
-        return packed.view(n, v, -1).mean(1), out
+        return packed.view(*shape, -1).mean(1)
 
     @torch.no_grad()
     def trace_branches(self) -> "FusedModel":

@@ -81,8 +81,12 @@ def test_a_missing_region_crop_is_scored_from_the_others(sample_fused, sample_ca
     assert torch.isfinite(out["age"]).all() and out["age"][0] != out["age"][1]
 
 
-def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache):
+@pytest.mark.parametrize("mirror", [False, True])
+def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache, mirror):
+    """Side by side, a mirrored branch runs its crops and their mirror images as two tasks."""
     model, _ = load_fused(sample_fused)
+    if mirror:
+        model.mirrored = {"face", "mouth", "original"}
     faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:3]]
     inputs, present = batch_inputs(model, faces)
     threads = torch.get_num_threads()
