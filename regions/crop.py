@@ -137,20 +137,18 @@ def region_matrices(box, landmarks: np.ndarray | None, sizes: dict[str, tuple[in
     """The affine of each region ``names`` (every one in ``REGIONS`` by default) for one
     face; ``landmarks`` may be None when none of them needs it."""
     sizes, names = {**DEFAULT_SIZES, **(sizes or {})}, tuple(names)
+    # parts are placed in an aligned frame of unit width, so their boxes do not depend on
+    # the face crop's size
+    unit = alignment_matrix(landmarks, (1, 1), REGIONS["face"]) if needs_landmarks(names) else None
     matrices = {}
-    if ORIGINAL in names:
-        matrices[ORIGINAL] = framing_matrix(box, sizes[ORIGINAL], REGIONS[ORIGINAL])
-    if needs_landmarks(names):
-        face = REGIONS["face"]
-        # parts are placed in an aligned frame of unit width, so their boxes do not depend on
-        # the face crop's size
-        unit = alignment_matrix(landmarks, (1, 1), face)
-        for name in names:
-            region = REGIONS[name]
-            if isinstance(region, AlignedFace):
-                matrices[name] = alignment_matrix(landmarks, sizes[name], region)
-            elif isinstance(region, PartRegion):
-                matrices[name] = part_matrix(landmarks, unit, region, sizes[name])
+    for name in names:
+        region = REGIONS[name]
+        if isinstance(region, BoxFraming):
+            matrices[name] = framing_matrix(box, sizes[name], region)
+        elif isinstance(region, AlignedFace):
+            matrices[name] = alignment_matrix(landmarks, sizes[name], region)
+        else:
+            matrices[name] = part_matrix(landmarks, unit, region, sizes[name])
     return matrices
 
 
