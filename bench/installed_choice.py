@@ -21,7 +21,7 @@ import numpy as np
 
 from fusion.model import save_half
 from peer_latency import bench_photos, ratios
-from utk_accuracy import log_run
+from utk_accuracy import evaluate_command, fusion_command, log_run
 
 SIZE_LIMIT_MB = 40.0  # MiB of the one file a fused model is
 # (name, branches, mirror): fewer and smaller branches trade accuracy for time; a model of
@@ -42,16 +42,14 @@ def slug(name: str) -> str:
 def train_head(run: Path, out: Path, branches: tuple[str, ...], mirror: bool, seed: int) -> Path:
     if not (out / "fused.pt").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        spec = ",".join(f"{r}={run / 'branches' / r / 'best.pt'}" for r in branches)
-        log_run([sys.executable, "-m", "fusion.train", "--cache", str(run / "cache"), "--branches", spec,
-                 "--out", str(out), "--seed", str(seed), "--device", "cpu", "--mirror" if mirror else "--no-mirror"], out.with_suffix(".log"))
+        log_run(fusion_command(run / "cache", {r: run / "branches" / r / "best.pt" for r in branches}, out, seed,
+                               "cpu", ["--mirror" if mirror else "--no-mirror"]), out.with_suffix(".log"))
     return out / "fused.pt"
 
 
 def evaluate(run: Path, model: Path, out: Path) -> dict:
     if not (out / "evaluation.json").is_file():
-        log_run([sys.executable, "-m", "fusion.evaluate", "--model", str(model), "--cache", str(run / "cache"),
-                 "--split", "val", "--out", str(out)], out.with_suffix(".log"))
+        log_run(evaluate_command(model, run / "cache", out), out.with_suffix(".log"))
     fused = json.loads((out / "evaluation.json").read_text())["results"]["fused"]
     return {"mae": fused["mae"], "cs5": fused["cs5"], "gender": fused["gender"]["accuracy"],
             "interval": fused["interval_coverage"]}

@@ -52,6 +52,20 @@ def log_run(command: list[str], log: Path) -> None:
         raise SystemExit(f"stage failed ({' '.join(command[:4])} ...), see {log}:\n" + "\n".join(tail))
 
 
+def fusion_command(cache: Path, branches: dict[str, Path], out: Path, seed: int, device: str,
+                   options: list[str]) -> list[str]:
+    """agefuse-train-fusion over ``branches`` (region -> best.pt), as a recipe's fusion stage runs it."""
+    spec = ",".join(f"{region}={path}" for region, path in branches.items())
+    return [sys.executable, "-m", "fusion.train", "--cache", str(cache), "--branches", spec, "--out", str(out),
+            "--seed", str(seed), "--device", device, *options]
+
+
+def evaluate_command(model: Path, cache: Path, out: Path) -> list[str]:
+    """agefuse-evaluate of ``model`` on the validation split."""
+    return [sys.executable, "-m", "fusion.evaluate", "--model", str(model), "--cache", str(cache),
+            "--split", "val", "--out", str(out)]
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -154,10 +168,8 @@ def main(args):
 
     # 3. fusion, 4. evaluation
     tick = time.perf_counter()
-    spec = ",".join(f"{r}={out / 'branches' / r / 'best.pt'}" for r in recipe.branches)
-    log_run([sys.executable, "-m", "fusion.train", "--cache", str(cache), "--branches", spec,
-             "--out", str(out / "fused"), "--seed", str(recipe.seed), "--device", recipe.device,
-             *recipes.stage_argv("fusion", recipe.fusion)], out / "fusion.log")
+    log_run(fusion_command(cache, {r: out / "branches" / r / "best.pt" for r in recipe.branches}, out / "fused",
+                           recipe.seed, recipe.device, recipes.stage_argv("fusion", recipe.fusion)), out / "fusion.log")
     timings["fusion"] = time.perf_counter() - tick
     model = out / "fused" / "fused.pt"
     if recipe.joint:  # 3b. branches and head fine-tuned together, from the frozen fusion
@@ -175,16 +187,14 @@ def main(args):
         model = joint / "fused.pt"
         timings["joint"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    log_run([sys.executable, "-m", "fusion.evaluate", "--model", str(model),
-             "--cache", str(cache), "--split", "val", "--out", str(out / "eval")], out / "evaluate.log")
+    log_run(evaluate_command(model, cache, out / "eval"), out / "evaluate.log")
     timings["evaluation"] = time.perf_counter() - tick
     timings["all stages"] = time.perf_counter() - started
     evaluation = json.loads((out / "eval" / "evaluation.json").read_text())["results"]
     rows = [summary_row("fused" if name == "fused" else f"{name} branch alone", r, r["gender"])
             for name, r in evaluation.items()]
     if recipe.joint:  # the same run's frozen fusion, outside the timings: the joint stage's ablation
-        log_run([sys.executable, "-m", "fusion.evaluate", "--model", str(out / "fused" / "fused.pt"), "--cache",
-                 str(cache), "--split", "val", "--out", str(out / "eval-frozen")], out / "evaluate-frozen.log")
+        log_run(evaluate_command(out / "fused" / "fused.pt", cache, out / "eval-frozen"), out / "evaluate-frozen.log")
         frozen = json.loads((out / "eval-frozen" / "evaluation.json").read_text())["results"]
         rows += [summary_row("fused, frozen branches (before the joint stage)", frozen["fused"], frozen["fused"]["gender"])]
         rows += [summary_row(f"{name} branch alone, before the joint stage", r, r["gender"])

@@ -112,15 +112,15 @@ class FusedModel(nn.Module):
             blocks = [self.branch_block(*args)[0] for args in zip(self.regions, self.branches, views)]
             return torch.stack(blocks, 1)
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-        tasks = [(r, branch, half) for r, (region, branch, images) in enumerate(zip(self.regions, self.branches, views))
+        tasks = [(region, branch, half) for region, branch, images in zip(self.regions, self.branches, views)
                  for half in ([images, images.flip(-1)] if region in self.mirrored else [images])]
 
         def in_caller_mode(task) -> torch.Tensor:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # thread-local modes
-                return self.views_block(task[0], task[1], task[2])
+                return self.views_block(*task)
         halves = list(pool.map(in_caller_mode, tasks))
-        blocks = [torch.stack([h for (r, _, _), h in zip(tasks, halves) if r == i]).mean(0)
-                  for i in range(len(self.regions))]
+        blocks = [torch.stack([h for (r, _, _), h in zip(tasks, halves) if r == region]).mean(0)
+                  for region in self.regions]
         return torch.stack(blocks, 1)
 
     def branch_block(self, region: str, branch: nn.Module, images: torch.Tensor
@@ -131,16 +131,16 @@ class FusedModel(nn.Module):
         if region in self.mirrored:
             images = torch.cat([images, images.flip(-1)], 1)
         out = branch(images.flatten(0, 1))
-        return self.pack_views(self.regions.index(region), out, images.shape[:2]), out
+        return self.pack_views(region, out, images.shape[:2]), out
 
-    def views_block(self, index: int, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The (N, F) block of the ``index``-th branch from exactly these views (no mirroring)."""
-        return self.pack_views(index, branch(images.flatten(0, 1)), images.shape[:2])
+    def views_block(self, region: str, branch: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The (N, F) block of a branch from exactly these views (no mirroring)."""
+        return self.pack_views(region, branch(images.flatten(0, 1)), images.shape[:2])
 
-    def pack_views(self, index: int, out: dict[str, torch.Tensor], shape) -> torch.Tensor:
+    def pack_views(self, region: str, out: dict[str, torch.Tensor], shape) -> torch.Tensor:
         packed = self.block.pack(out)
         if packed.shape[1] != self.block.width:
-            raise ValueError(f"the {self.regions[index]} branch gives {packed.shape[1] - 2} embedding features, the "
+            raise ValueError(f"the {region} branch gives {packed.shape[1] - 2} embedding features, the "
                              f"fusion head was built for {self.block.embedding_dim}: its head changed; "
                              f"train the fusion head again over it")
         return packed.view(*shape, -1).mean(1)
