@@ -12,9 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .model import BranchModel, create_model
+from .model import FEATURE_SCALE, BranchModel, model_from_args
 
-MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout")
+MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout",
+                   "feature_scale")
+# what a checkpoint written before a model argument existed was trained with
+MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE}
 
 
 class CheckpointError(ValueError):
@@ -56,6 +59,7 @@ def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -
     state = read_torch_file(path)
     if not isinstance(state, dict) or "model_args" not in state:
         raise CheckpointError(f"{path}: not an agefuse branch checkpoint (no model_args)")
+    state["model_args"] = {**MODEL_ARG_DEFAULTS, **state["model_args"]}
     if expected_model_args is not None and state["model_args"] != expected_model_args:
         differ = {k: (state["model_args"].get(k), v) for k, v in expected_model_args.items()
                   if state["model_args"].get(k) != v}
@@ -68,7 +72,6 @@ def load_branch(path: str | Path, device: str | torch.device = "cpu") -> tuple[B
     """A trained branch in eval mode, and its ``model_args``, from a checkpoint alone."""
     state = load_checkpoint(path)
     args = state["model_args"]
-    model = create_model(args["model"], args["age_head"], args["max_age"], args["embedding_dim"],
-                         pretrained=False)
+    model = model_from_args(args)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), args

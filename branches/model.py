@@ -18,6 +18,11 @@ AGE_HEADS = ("dist", "reg")
 # the defaults of every branch, named once: the training command and the factory refer here
 AGE_HEAD, MAX_AGE, EMBEDDING_DIM = "dist", 100, 128
 GENDER_WEIGHT = 0.5  # the gender loss's weight beside the age loss
+# What the backbone's features are multiplied by before the embedding layer. 1 for backbones
+# whose features are about unit size per dimension; dlib's face descriptor is about 0.12 per
+# dimension (norm 1.4 over 128), so its new layers start nearly bias-only and gender stayed
+# at chance for the first rounds; 8 brings it to unit size.
+FEATURE_SCALE = 1.0
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
@@ -27,13 +32,14 @@ BRANCH_OUTPUTS = (EMBEDDING, AGE, GENDER_LOGIT)
 
 class BranchModel(nn.Module):
     def __init__(self, backbone: nn.Module, age_head: str = AGE_HEAD, max_age: int = MAX_AGE,
-                 embedding_dim: int = EMBEDDING_DIM, dropout: float = 0.2):
+                 embedding_dim: int = EMBEDDING_DIM, dropout: float = 0.2, feature_scale: float = FEATURE_SCALE):
         super().__init__()
         if age_head not in AGE_HEADS:
             raise ValueError(f"unknown age head {age_head!r}; choose one of {AGE_HEADS}")
         self.backbone = backbone
         self.age_head, self.max_age = age_head, max_age
         self.embedding_dim = embedding_dim  # the width of EMBEDDING: what a fusion head sizes itself by
+        self.feature_scale = feature_scale
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255)
         self.register_buffer("ages", torch.arange(max_age + 1, dtype=torch.float32))
@@ -50,7 +56,8 @@ class BranchModel(nn.Module):
         (N, embedding_dim), ``AGE`` (N,) in years, ``GENDER_LOGIT`` (N,) (> 0: female) and,
         with the ``dist`` head, ``AGE_LOGITS`` (N, max_age + 1)."""
         x = ((images.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        embedding = self.embed(self.backbone(x))
+        features = self.backbone(x)
+        embedding = self.embed(features * self.feature_scale if self.feature_scale != 1 else features)
         out = {EMBEDDING: embedding, GENDER_LOGIT: self.gender(embedding).squeeze(1)}
         if self.age_head == "dist":
             logits = self.age(embedding)
@@ -62,10 +69,19 @@ class BranchModel(nn.Module):
 
 
 def create_model(name: str, age_head: str = AGE_HEAD, max_age: int = MAX_AGE, embedding_dim: int = EMBEDDING_DIM,
-                 pretrained: bool = True, weights: str | None = None) -> BranchModel:
+                 pretrained: bool = True, weights: str | None = None,
+                 feature_scale: float = FEATURE_SCALE) -> BranchModel:
     """The one factory: ``name`` is a key of ``BACKBONES``."""
     return BranchModel(build_backbone(name, pretrained=pretrained, weights=weights),
-                       age_head=age_head, max_age=max_age, embedding_dim=embedding_dim)
+                       age_head=age_head, max_age=max_age, embedding_dim=embedding_dim, feature_scale=feature_scale)
+
+
+def model_from_args(args: dict) -> BranchModel:
+    """An untrained branch shaped as a file's ``model_args`` say (a branch checkpoint's, or a
+    fused model's ``branch_args``), ready for its state_dict; files from before
+    ``feature_scale`` was recorded were trained without one."""
+    return create_model(args["model"], args["age_head"], args["max_age"], args["embedding_dim"],
+                        pretrained=False, feature_scale=float(args.get("feature_scale", FEATURE_SCALE)))
 
 
 def model_names() -> list[str]:

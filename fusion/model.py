@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, create_model,
+from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, model_from_args,
                       fold_norms, load_branch, read_torch_file)
 from regions import Settings as CropSettings, manifest
 
@@ -263,9 +263,7 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     if not isinstance(state, dict) or "branch_args" not in state:
         raise ValueError(f"{path}: not an agefuse fused model")
     try:  # the file's fields, as written by save_fused; anything else is named, not a traceback
-        branches = {region: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"],
-                                         pretrained=False)
-                    for region, a in state["branch_args"].items()}
+        branches = {region: model_from_args(a) for region, a in state["branch_args"].items()}
         # a model saved before crop settings were recorded was served with the defaults
         crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
         model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from branches import backbones, train
-from branches.checkpoint import load_checkpoint
+from branches.checkpoint import CheckpointError, load_branch, load_checkpoint
 from branches.model import branch_loss, create_model
 from conftest import ROOT, manifest_rows
 from regions.manifest import in_fusion_holdout
@@ -121,6 +121,37 @@ def test_checkpoint_from_another_model_is_refused(sample_cache, tmp_path):
         train.main(train.get_args_parser().parse_args(
             ["--cache", str(sample_cache), "--region", "face", "--out", str(out), "--model", "resnet18",
              "--image-size", "32", "--workers", "0", "--resume", "--max-rounds", "3"]))
+
+
+def test_head_lr_moves_the_new_layers_at_their_own_rate(sample_cache, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 1, "--lr", 1e-7, "--head-lr", 3e-3)) == 0
+    torch.manual_seed(0)  # the run's initial weights (its --seed)
+    start = create_model("small_cnn").state_dict()
+    trained = torch.load(out / "last.pt", weights_only=True)
+
+    def moved(prefix):  # largest change of any weight under prefix, relative to the weight's size
+        return max(float((trained["model"][k] - v).norm() / (v.norm() + 1e-12))
+                   for k, v in start.items() if k.startswith(prefix) and v.is_floating_point() and v.dim() > 1)
+    assert moved("backbone.") < 1e-3 < 1e-2 < moved("embed.")
+    assert [g["peak"] for g in trained["optimizer"]["param_groups"]] == [1e-7, 3e-3]
+    with pytest.raises(CheckpointError, match="head-lr"):  # resumed without it: one group against two
+        train.main(train_args(sample_cache, out, "--max-rounds", 2, "--lr", 1e-7, "--resume"))
+
+
+def test_feature_scale_is_kept_in_the_checkpoint_and_old_ones_load_without_it(sample_cache, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 1, "--feature-scale", 8)) == 0
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    model, args = load_branch(out / "best.pt")
+    assert args["feature_scale"] == 8 and model.feature_scale == 8
+    state = torch.load(out / "best.pt", weights_only=True)
+    with torch.inference_mode():
+        scaled = model(images)["age"]
+        del state["model_args"]["feature_scale"]  # a checkpoint from before the option
+        torch.save(state, out / "old.pt")
+        old, old_args = load_branch(out / "old.pt")
+        assert old_args["feature_scale"] == 1.0 and not torch.allclose(old(images)["age"], scaled)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sample_cache, tmp_path, capsys):
