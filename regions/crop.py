@@ -57,6 +57,11 @@ class BoxFraming:
 REGIONS = {
     ORIGINAL: BoxFraming(),
     "face": AlignedFace(),
+    # the face as dlib frames the 150-px chips its networks were trained on (get_face_chip,
+    # padding 0.25: eyes 0.368 of the width apart, at 0.317 of the height, measured on 100
+    # UTKFace faces). dlib's face-recognition ResNet, frozen, tells gender from it 92.3% of
+    # the time, against 88.8% from ``face`` (logistic regression, 2,000 faces)
+    "face_chip": AlignedFace(iod=0.368, eye_y=0.317),
     # an eye with its brow and the frown area between the brows
     "left_eye": PartRegion(("left_eye", "left_brow", "glabella"), margin=0.25),
     "right_eye": PartRegion(("right_eye", "right_brow", "glabella"), margin=0.25),
@@ -64,7 +69,7 @@ REGIONS = {
     "mouth": PartRegion(("outer_lip", "nose_tip"), margin=0.35),
 }
 CROP_NAMES = tuple(REGIONS)
-DEFAULT_SIZES = {ORIGINAL: (200, 200), "face": (160, 160), "left_eye": (64, 64),
+DEFAULT_SIZES = {ORIGINAL: (200, 200), "face": (160, 160), "face_chip": (150, 150), "left_eye": (64, 64),
                  "right_eye": (64, 64), "mouth": (80, 80)}
 
 
