@@ -32,6 +32,9 @@ CANDIDATES = [
     ("original+original_alt, mirrored", ("original", "original_alt"), True),
     ("original+face+original_alt", ("original", "face", "original_alt"), False),
     ("original+face+mouth+original_alt", ("original", "face", "mouth", "original_alt"), False),
+    # dlib's face ResNet at 150 px: the strongest branch, and the slowest per face
+    ("face_chip", ("face_chip",), False),
+    ("original+original_alt+face_chip", ("original", "original_alt", "face_chip"), False),
 ]
 
 
