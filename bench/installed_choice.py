@@ -66,6 +66,8 @@ def main(args):
     models = {name: path for name, path in [("the run's fused model (every branch)", run / "fused" / "fused.pt"),
                                             ("the run's joint model", run / "joint" / "fused.pt")] if path.is_file()}
     for name, branches, mirror in CANDIDATES:
+        if args.only and name not in args.only:
+            continue
         if all((run / "branches" / r / "best.pt").is_file() for r in branches):
             tick = time.perf_counter()
             models[name] = train_head(run, out / slug(name) / "fused", branches, mirror, seed)
@@ -108,6 +110,8 @@ if __name__ == "__main__":
     parser.add_argument("--run", required=True, help="a bench/utk_accuracy.py --out folder")
     parser.add_argument("--out", required=True)
     parser.add_argument("--group", default=None, help="a real photo with several faces")
+    parser.add_argument("--only", action="append", default=None,
+                        help="train and score only this candidate (repeatable; the run's own models always)")
     parser.add_argument("--source", default=str(Path(__file__).parent.parent / "sample" / "utkface"))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
