@@ -56,8 +56,7 @@ class BranchModel(nn.Module):
         (N, embedding_dim), ``AGE`` (N,) in years, ``GENDER_LOGIT`` (N,) (> 0: female) and,
         with the ``dist`` head, ``AGE_LOGITS`` (N, max_age + 1)."""
         x = ((images.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
-        embedding = self.embed(features * self.feature_scale if self.feature_scale != 1 else features)
+        embedding = self.embed(self.backbone(x) * self.feature_scale)  # times 1.0 is exact: old models unchanged
         out = {EMBEDDING: embedding, GENDER_LOGIT: self.gender(embedding).squeeze(1)}
         if self.age_head == "dist":
             logits = self.age(embedding)
