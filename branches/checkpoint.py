@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .model import FEATURE_SCALE, BranchModel, model_from_args
+from .model import MODEL_ARG_DEFAULTS, BranchModel, model_from_args
 
 MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout",
                    "feature_scale")
-# what a checkpoint written before a model argument existed was trained with
-MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE}
 
 
 class CheckpointError(ValueError):

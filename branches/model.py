@@ -23,6 +23,8 @@ GENDER_WEIGHT = 0.5  # the gender loss's weight beside the age loss
 # dimension (norm 1.4 over 128), so its new layers start nearly bias-only and gender stayed
 # at chance for the first rounds; 8 brings it to unit size.
 FEATURE_SCALE = 1.0
+# what a file written before a model argument existed was trained with
+MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE}
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
@@ -79,8 +81,9 @@ def model_from_args(args: dict) -> BranchModel:
     """An untrained branch shaped as a file's ``model_args`` say (a branch checkpoint's, or a
     fused model's ``branch_args``), ready for its state_dict; files from before
     ``feature_scale`` was recorded were trained without one."""
+    args = {**MODEL_ARG_DEFAULTS, **args}
     return create_model(args["model"], args["age_head"], args["max_age"], args["embedding_dim"],
-                        pretrained=False, feature_scale=float(args.get("feature_scale", FEATURE_SCALE)))
+                        pretrained=False, feature_scale=float(args["feature_scale"]))
 
 
 def model_names() -> list[str]:

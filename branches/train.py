@@ -126,8 +126,8 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]:
-    """AdamW's parameter groups, each with its ``peak`` learning rate for the schedule: one
-    group, or (with ``head_lr``) the backbone at ``lr`` and the layers the branch adds at
+    """AdamW's parameter groups, each with its ``peak`` learning rate (kept in the checkpoint):
+    one group, or (with ``head_lr``) the backbone at ``lr`` and the layers the branch adds at
     ``head_lr``."""
     if head_lr is None:
         return [{"params": list(model.parameters()), "peak": lr}]
@@ -148,8 +148,8 @@ def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bo
     bar = tqdm(loader, desc=description, unit="batch", disable=None if show else True, leave=False,
                dynamic_ncols=True)
     for images, age, gender, _, age_range in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_fn(step, group["peak"])
+        for group, lr in zip(optimizer.param_groups, lr_fn(step)):
+            group["lr"] = lr
         images, age, gender = images.to(device, non_blocking=True), age.to(device), gender.to(device)
         with amp:
             out = model(images)
@@ -228,8 +228,9 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # the initial weights
     model = create_model(args.model, args.age_head, args.max_age, args.embedding_dim,
                          pretrained=args.pretrained, weights=args.weights, feature_scale=args.feature_scale).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.lr, args.head_lr), weight_decay=args.weight_decay)
-    peaks = [group["peak"] for group in optimizer.param_groups]
+    groups = parameter_groups(model, args.lr, args.head_lr)
+    peaks = [group["peak"] for group in groups]  # this run's, whatever a resumed checkpoint's groups say
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     stop = StopRule(args.k, args.epsilon, args.max_rounds)
     history, start_round = [], 0
     model_args = model_args_of(args)
@@ -241,8 +242,6 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as err:  # one parameter group against two: --head-lr given to one run only
             raise CheckpointError(f"{out / 'last.pt'}: its optimiser does not match this run's "
                                   f"(was --head-lr the same?): {err}") from None
-        for group, peak in zip(optimizer.param_groups, peaks):  # checkpoints from before --head-lr lack it
-            group["peak"] = peak
         sampler.load_state_dict(state["sampler"])
         stop.load_state_dict(state["stop"])
         history, start_round = state["history"], state["round"] + 1
@@ -260,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
 
     steps_per_round = len(loader)
     total_steps = args.max_rounds * steps_per_round
-    lr_fn = lambda step, peak: lr_at(step, total_steps, peak, warmup=min(steps_per_round, 200))
+    lr_fn = lambda step: [lr_at(step, total_steps, peak, warmup=min(steps_per_round, 200)) for peak in peaks]
     started = time.perf_counter()
     for round_index in range(start_round, args.max_rounds):
         # train one bootstrap round
@@ -278,7 +277,7 @@ def main(args: argparse.Namespace) -> int:
         # evaluate, apply the stop rule
         val = evaluate(raw_model, val_loader, device, args.gender_weight)
         stopping = stop.update(val["val_loss"])
-        record = {"round": round_index, "lr": round(lr_fn((round_index + 1) * steps_per_round - 1, args.lr), 6),
+        record = {"round": round_index, "lr": round(lr_fn((round_index + 1) * steps_per_round - 1)[0], 6),
                   **stats, **val, "best": stop.improved, "sampler": sampler.round_record()}
         history.append(record)
         log(f"round {round_index:3d}  train loss {stats['train_loss']:.4f} mae {stats['train_mae']:.2f}"
