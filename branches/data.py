@@ -10,6 +10,8 @@ Branch regions and the cache crops they read (``mirror``: flipped left-right fir
     face_alt, original_alt     the face and original crops again, for a second network
                beside ``face`` or ``original`` (another backbone or size: dlib's 32-px gender
                CNN on the original crop, say)
+    original_alt2              the original crop for a third network (dlib's face-recognition
+               ResNet beside the face-age ResNet and the gender CNN)
     face_chip  face_chip: the face framed as dlib's own 150-px chips (for dlib's networks)
 """
 from __future__ import annotations
@@ -33,10 +35,12 @@ BRANCH_REGIONS = {
     "face_alt": (("face", False),),
     "face_chip": (("face_chip", False),),
     "original_alt": (("original", False),),
+    "original_alt2": (("original", False),),
 }
 # regions whose crop, mirrored, is still a crop of that region (their augmentation flips
 # them); a mirrored left eye would be a right eye
-MIRROR_INVARIANT = frozenset({"face", "mouth", "original", "face_alt", "original_alt", "face_chip"})
+MIRROR_INVARIANT = frozenset({"face", "mouth", "original", "face_alt", "original_alt", "original_alt2",
+                               "face_chip"})
 UNKNOWN_GENDER = -1
 
 

@@ -124,11 +124,11 @@ def load_config(aug: str) -> dict[str, list]:
 
 def build_pipeline(region: str, aug: str = "default", seed: int | None = None) -> A.Compose:
     """The region's Compose (empty for ``none`` or a region the config does not name). A
-    second network on a crop (``face_alt``) is augmented as the first (``face``) unless the
-    config names it."""
+    further network on a crop (``face_alt``, ``original_alt2``) is augmented as the first
+    (``face``, ``original``) unless the config names it."""
     config = load_config(aug)
-    if region not in config and region.endswith("_alt"):
-        region = region.removesuffix("_alt")
+    if region not in config and "_alt" in region:
+        region = region.rpartition("_alt")[0]
     if config and region not in config:
         raise ValueError(f"the augmentation config {aug!r} has no entry for region {region!r} "
                          f"(it has {sorted(config)})")
