@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from albumentations.core.transforms_interface import ImageOnlyTransform
 
+from ..data import BRANCH_REGIONS
+
 CONFIG_DIR = Path(__file__).parent
 COLOR_SPACES = ("gray", "red", "green", "blue", "yuv", "hsv", "lab")
 _TO_SPACE = {"yuv": cv2.COLOR_RGB2YUV, "hsv": cv2.COLOR_RGB2HSV, "lab": cv2.COLOR_RGB2LAB}
@@ -124,11 +126,13 @@ def load_config(aug: str) -> dict[str, list]:
 
 def build_pipeline(region: str, aug: str = "default", seed: int | None = None) -> A.Compose:
     """The region's Compose (empty for ``none`` or a region the config does not name). A
-    further network on a crop (``face_alt``, ``original_alt2``) is augmented as the first
-    (``face``, ``original``) unless the config names it."""
+    further network on a crop (``face_alt``, ``original_alt2``) is augmented as the region of
+    that crop's name (``face``, ``original``) unless the config names it."""
     config = load_config(aug)
-    if region not in config and "_alt" in region:
-        region = region.rpartition("_alt")[0]
+    if region not in config and region in BRANCH_REGIONS:
+        (crop, mirrored), *more = BRANCH_REGIONS[region]
+        if not (more or mirrored) and crop in config:
+            region = crop
     if config and region not in config:
         raise ValueError(f"the augmentation config {aug!r} has no entry for region {region!r} "
                          f"(it has {sorted(config)})")
