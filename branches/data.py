@@ -37,10 +37,11 @@ BRANCH_REGIONS = {
     "original_alt": (("original", False),),
     "original_alt2": (("original", False),),
 }
-# regions whose crop, mirrored, is still a crop of that region (their augmentation flips
-# them); a mirrored left eye would be a right eye
-MIRROR_INVARIANT = frozenset({"face", "mouth", "original", "face_alt", "original_alt", "original_alt2",
-                               "face_chip"})
+# crops that, mirrored, are still a crop of their kind; a mirrored left eye would be a right eye
+_MIRROR_INVARIANT_CROPS = frozenset({"face", "face_chip", "mouth", "original"})
+# regions whose every crop is such a crop, read unmirrored (their augmentation flips them)
+MIRROR_INVARIANT = frozenset(region for region, crops in BRANCH_REGIONS.items()
+                             if all(crop in _MIRROR_INVARIANT_CROPS and not mirrored for crop, mirrored in crops))
 UNKNOWN_GENDER = -1
 
 
