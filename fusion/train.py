@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bootstrap import group_weights
 from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss
-from regions import read_settings
+from regions import manifest, read_settings
 from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
 from .features import split_features
@@ -46,6 +47,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face")
+    parser.add_argument("--alpha", type=float_in(0, 1), default=0.0,
+                        help="rebalance the head's faces by age group, as the branches' bootstrap does: each "
+                             "epoch draws as many faces as there are, with replacement, a face of a group of n "
+                             "weighted n ** -alpha (so the old are seen more often); 0: every face once an epoch")
     parser.add_argument("--gender-weight", type=float_in(0, 100), default=GENDER_WEIGHT,
                         help="the gender loss's weight beside the age loss (also in choosing the best epoch)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
@@ -96,6 +101,14 @@ def head_loss(model: FusedModel, features, present, age, gender, age_range,
     return branch_loss(out, age, gender, age_range=age_range, gender_weight=gender_weight)[0]
 
 
+def epoch_order(count: int, draw_weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's faces: each once, or (with per-face ``draw_weights``) as many drawn with
+    replacement by their weights."""
+    if draw_weights is None:
+        return torch.randperm(count, generator=generator)
+    return torch.multinomial(draw_weights, count, replacement=True, generator=generator)
+
+
 def fit_temperature(model: FusedModel, features, present, age) -> float:
     """The softmax temperature whose interval covers the true age as often as it says."""
     best, best_gap = 1.0, float("inf")
@@ -122,8 +135,9 @@ def main(args: argparse.Namespace) -> int:
     paths = branch_paths(args.branches, args.runs)
     branches, branch_args = load_branches(paths)
     torch.manual_seed(args.seed)
+    settings = read_settings(cache)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
-                       interval=args.interval, crop_settings=read_settings(cache), mirror=args.mirror).to(device)
+                       interval=args.interval, crop_settings=settings, mirror=args.mirror).to(device)
     model.eval()
     holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
     if len(holdouts) > 1:
@@ -161,11 +175,14 @@ def main(args: argparse.Namespace) -> int:
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
     generator = torch.Generator().manual_seed(args.seed)
+    age_groups = manifest.parse_age_groups(settings.age_groups)
+    draw_weights = (None if args.alpha == 0 else
+                    group_weights([manifest.age_group(int(a), age_groups) for a in train["age"]], args.alpha))
     best_loss, best_state, best_epoch = float("inf"), None, -1
     batch_size = max(8, min(args.batch_size, len(age) // 8))  # a small data set still gets steps
     for epoch in range(args.epochs):
         model.head.train()
-        order = torch.randperm(len(age), generator=generator)
+        order = epoch_order(len(age), draw_weights, generator)
         for start in range(0, len(age), batch_size):
             index = order[start:start + batch_size].to(device)
             keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout

@@ -1,5 +1,6 @@
 """Fusion, evaluation, prediction and export with models trained on the bundled sample."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
+from bootstrap import group_weights
 from fusion import evaluate, export, metrics, predict
 from fusion.features import batch_inputs, fingerprint, read_crops
 from fusion.model import DEFAULT_MODEL, load_fused
+from fusion.train import epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
 
@@ -251,3 +254,20 @@ def test_a_mirrored_model_averages_each_crop_with_its_mirror_image(sample_fused,
     for r, region in enumerate(plain_model.regions):
         expected = (plain[:, r] + flipped[:, r]) / 2 if region in mirrored_model.mirrored else plain[:, r]
         assert torch.allclose(mirrored[:, r], expected, atol=1e-4), region
+
+
+def test_a_rebalanced_fusion_epoch_draws_the_rare_age_group_as_often_as_the_common_one(sample_fused, sample_cache,
+                                                                                       tmp_path):
+    groups = ["20-29"] * 900 + ["70+"] * 100
+    generator = torch.Generator().manual_seed(0)
+    assert sorted(epoch_order(len(groups), None, generator).tolist()) == list(range(len(groups)))
+    drawn = epoch_order(len(groups), group_weights(groups, 1.0), generator)
+    assert 0.45 < (drawn >= 900).float().mean().item() < 0.55  # 10% of the faces, half the draws
+    # and the command trains with it, over the sample's branches (their features already cached)
+    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
+    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
+    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+                    "--out", str(tmp_path / "fused"), "--alpha", "1", "--epochs", "3"], cwd=ROOT, check=True,
+                   capture_output=True)
+    _, state = load_fused(tmp_path / "fused" / "fused.pt")
+    assert state["config"]["alpha"] == 1.0 and state["config"]["epochs"] == 3
