@@ -55,8 +55,8 @@ def main(args: argparse.Namespace) -> int:
     # the branches in the run's own order (the features' layout)
     spec = ",".join(f"{r}={p}" for r, p in json.loads((args.run / "fused" / "fusion.json").read_text())["branches"].items())
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"| {' | '.join(names)} | age MAE | CS@5 | gender | interval | best epoch |",
-             "|" + "---|" * (len(names) + 5)]
+    lines = [f"| {' | '.join(names)} | age MAE | CS@5 | worst decade 0-89 | gender | interval | best epoch |",
+             "|" + "---|" * (len(names) + 6)]
     print(lines[0] + "\n" + lines[1], flush=True)
     for values in combos:
         folder = args.out / ("_".join(f"{n}{v}" for n, v in zip(names, values)) or "defaults")
@@ -74,7 +74,9 @@ def main(args: argparse.Namespace) -> int:
             folder / "evaluate.log")
         fused = json.loads((folder / "eval" / "evaluation.json").read_text())["results"]["fused"]
         epoch = json.loads((folder / "fused" / "fusion.json").read_text())["best_epoch"]
-        line = (f"| {' | '.join(values)} | {fused['mae']:.3f} | {fused['cs5']:.1%} | "
+        decades = {d: m for d, m in fused["mae_by_decade"].items() if d != "90+"}  # the targets' decades
+        worst = max(decades, key=decades.get)
+        line = (f"| {' | '.join(values)} | {fused['mae']:.3f} | {fused['cs5']:.1%} | {worst} ({decades[worst]:.2f}) | "
                 f"{fused['gender']['accuracy']:.1%} | {fused['interval_coverage']:.1%} | {epoch} |")
         lines.append(line)
         print(line + f"  ({time.perf_counter() - tick:.0f} s)", flush=True)
