@@ -47,16 +47,30 @@ class BranchBlock:
 
 
 class FusionHead(nn.Module):
-    def __init__(self, in_features: int, max_age: int = MAX_AGE, hidden: int = 256, dropout: float = 0.3):
+    """Age and gender from the branches' blocks. With ``separate_gender`` gender has layers of
+    its own, sharing none with age: the age loss no longer shapes what gender reads, and
+    agefuse-train-fusion keeps each part from the epoch that suits it (age's best epoch is
+    often the first, before gender has learnt to lean on its strongest branch)."""
+    GENDER_PARTS = ("gender_body.", "gender.")  # its parameters' names, with separate_gender
+
+    def __init__(self, in_features: int, max_age: int = MAX_AGE, hidden: int = 256, dropout: float = 0.3,
+                 separate_gender: bool = False):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, hidden // 2), nn.ReLU(inplace=True))
         self.age = nn.Linear(hidden // 2, max_age + 1)
-        self.gender = nn.Linear(hidden // 2, 1)
+        self.gender_body = (nn.Sequential(nn.Linear(in_features, hidden // 4), nn.ReLU(inplace=True),
+                                          nn.Dropout(dropout)) if separate_gender else None)
+        self.gender = nn.Linear(hidden // 4 if separate_gender else hidden // 2, 1)
+
+    @property
+    def separate_gender(self) -> bool:
+        return self.gender_body is not None
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.body(features)
-        return self.age(hidden), self.gender(hidden).squeeze(1)
+        gender_hidden = hidden if self.gender_body is None else self.gender_body(features)
+        return self.age(hidden), self.gender(gender_hidden).squeeze(1)
 
 
 def head_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -75,7 +89,8 @@ class FusedModel(nn.Module):
     MIRROR = False  # the branches of MIRROR_INVARIANT regions also see their crop mirrored, if --mirror
 
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
-                 interval: float = INTERVAL, crop_settings: CropSettings | None = None, mirror: bool = MIRROR):
+                 interval: float = INTERVAL, crop_settings: CropSettings | None = None, mirror: bool = MIRROR,
+                 separate_gender: bool = False):
         super().__init__()
         self.regions = list(branches)
         self.branches = nn.ModuleList(branches[r] for r in self.regions)
@@ -85,7 +100,7 @@ class FusedModel(nn.Module):
             raise ValueError("the branches' embeddings differ in width (" + ", ".join(
                 f"{r} {w}" for r, w in widths.items()) + "): train them with one --embedding-dim")
         self.block = BranchBlock(widths[self.regions[0]])
-        self.head = FusionHead(len(self.regions) * (self.block.width + 1), max_age)
+        self.head = FusionHead(len(self.regions) * (self.block.width + 1), max_age, separate_gender=separate_gender)
         # how the faces this model learned from were found and cropped: predict and watch
         # cut theirs the same way (fusion.find_faces)
         self.crop_settings = crop_settings or CropSettings()
@@ -268,7 +283,8 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
         crops = CropSettings.from_json(state["crops"]) if "crops" in state else None
         model = FusedModel(branches, {r: a["image_size"] for r, a in state["branch_args"].items()},
                            interval=float(state["interval"]), crop_settings=crops,
-                           mirror=state.get("mirror", False) is True)
+                           mirror=state.get("mirror", False) is True,
+                           separate_gender=any(k.startswith("head.gender_body.") for k in state["model"]))
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: not an agefuse fused model (its fields do not fit: {err!r:.120})") from None
     check_shapes(model, state["model"], path)

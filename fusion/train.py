@@ -53,6 +53,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "weighted n ** -alpha (so the old are seen more often); 0: every face once an epoch")
     parser.add_argument("--gender-weight", type=float_in(0, 100), default=GENDER_WEIGHT,
                         help="the gender loss's weight beside the age loss (also in choosing the best epoch)")
+    parser.add_argument("--separate-gender", action=argparse.BooleanOptionalAction, default=False,
+                        help="gender gets layers of its own in the head, and each of age and gender is kept "
+                             "from its own best epoch (by its own validation loss), not from the best of the sum")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
                         help="the face, mouth and original branches also see their crop mirrored and average "
                              "the two: steadier estimates for about 1.8x the branches' time; kept in fused.pt, so "
@@ -95,10 +98,44 @@ def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
 
 
 def head_loss(model: FusedModel, features, present, age, gender, age_range,
-              gender_weight: float = GENDER_WEIGHT) -> torch.Tensor:
+              gender_weight: float = GENDER_WEIGHT, parts: bool = False):
+    """The head's loss; with ``parts``, also its age and gender terms (the weighted gender's)."""
     logits, gender_logit = model.head(head_input(features, present))
     out = {AGE_LOGITS: logits, AGE: (logits.softmax(1) * model.ages).sum(1), GENDER_LOGIT: gender_logit}
-    return branch_loss(out, age, gender, age_range=age_range, gender_weight=gender_weight)[0]
+    total, terms = branch_loss(out, age, gender, age_range=age_range, gender_weight=gender_weight)
+    if not parts:
+        return total
+    weighted_gender = gender_weight * terms["gender_bce"]
+    return total, {"age": total.detach() - weighted_gender, "gender": weighted_gender}
+
+
+class BestEpochs:
+    """The head's best state so far by validation loss: as a whole, or (with a separate
+    gender part) age's layers and gender's layers each from the epoch that suits it."""
+
+    def __init__(self, head, separate_gender: bool):
+        self.head = head
+        self.parts = ("age", "gender") if separate_gender else ("total",)
+        self.loss = dict.fromkeys(self.parts, float("inf"))
+        self.epoch = dict.fromkeys(self.parts, -1)
+        self.state = {}
+
+    def part_of(self, name: str) -> str:
+        if self.parts == ("total",):
+            return "total"
+        return "gender" if name.startswith(self.head.GENDER_PARTS) else "age"
+
+    def update(self, epoch: int, total: float, terms: dict) -> bool:
+        """Keep what improved; True when any part did."""
+        losses = {"total": total, **{k: float(v) for k, v in terms.items()}}
+        better = [p for p in self.parts if losses[p] < self.loss[p]]
+        for part in better:
+            self.loss[part], self.epoch[part] = losses[part], epoch
+            self.state.update({k: v.clone() for k, v in self.head.state_dict().items() if self.part_of(k) == part})
+        return bool(better)
+
+    def restore(self) -> None:
+        self.head.load_state_dict(self.state)
 
 
 def epoch_order(count: int, draw_weights: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -137,7 +174,8 @@ def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     settings = read_settings(cache)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
-                       interval=args.interval, crop_settings=settings, mirror=args.mirror).to(device)
+                       interval=args.interval, crop_settings=settings, mirror=args.mirror,
+                       separate_gender=args.separate_gender).to(device)
     model.eval()
     holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
     if len(holdouts) > 1:
@@ -178,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     age_groups = manifest.parse_age_groups(settings.age_groups)
     draw_weights = (None if args.alpha == 0 else
                     group_weights([manifest.age_group(int(a), age_groups) for a in train["age"]], args.alpha))
-    best_loss, best_state, best_epoch = float("inf"), None, -1
+    best = BestEpochs(model.head, args.separate_gender)
     batch_size = max(8, min(args.batch_size, len(age) // 8))  # a small data set still gets steps
     for epoch in range(args.epochs):
         model.head.train()
@@ -194,14 +232,14 @@ def main(args: argparse.Namespace) -> int:
         schedule.step()
         model.head.eval()
         with torch.no_grad():
-            val_loss = head_loss(model, *val_tensors, args.gender_weight).item()
+            val_loss, terms = head_loss(model, *val_tensors, args.gender_weight, parts=True)
             val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = {k: v.clone() for k, v in model.head.state_dict().items()}
-        print(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss:.4f} mae {val_mae:.2f}"
-              f"{'  *best' if epoch == best_epoch else ''}")
-    model.head.load_state_dict(best_state)
+        improved = best.update(epoch, val_loss.item(), terms)
+        kept = [p for p in best.parts if best.epoch[p] == epoch] if args.separate_gender else []
+        print(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss.item():.4f} mae {val_mae:.2f}"
+              f"{'  *best' if improved else ''}{' (' + ', '.join(kept) + ')' if kept else ''}")
+    best.restore()
+    best_epoch = best.epoch["age" if args.separate_gender else "total"]
 
     # the interval, fitted on the held-out training faces, checked on validation
     temperature = fit_temperature(model, *tensors(calibration, device)[:3])
@@ -212,7 +250,7 @@ def main(args: argparse.Namespace) -> int:
     mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
     branch_mae = {r: float(np.abs(model.block.age(val["features"][:, i]) - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
-    summary = {"best_epoch": best_epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
+    summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
                "head_faces": len(age),
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),

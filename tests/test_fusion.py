@@ -14,8 +14,8 @@ from sklearn import metrics as sk
 from bootstrap import group_weights
 from fusion import evaluate, export, metrics, predict
 from fusion.features import batch_inputs, fingerprint, read_crops
-from fusion.model import DEFAULT_MODEL, load_fused
-from fusion.train import epoch_order
+from fusion.model import DEFAULT_MODEL, FusionHead, load_fused
+from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
 
@@ -271,3 +271,35 @@ def test_a_rebalanced_fusion_epoch_draws_the_rare_age_group_as_often_as_the_comm
                    capture_output=True)
     _, state = load_fused(tmp_path / "fused" / "fused.pt")
     assert state["config"]["alpha"] == 1.0 and state["config"]["epochs"] == 3
+
+
+def test_a_separate_gender_part_keeps_its_own_best_epoch():
+    head = FusionHead(12, max_age=10, separate_gender=True)
+    best = BestEpochs(head, separate_gender=True)
+    best.update(0, 2.0, {"age": 1.0, "gender": 1.0})
+    first = {k: v.clone() for k, v in head.state_dict().items()}
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(1.0)
+    second = {k: v.clone() for k, v in head.state_dict().items()}
+    assert best.update(1, 2.5, {"age": 0.5, "gender": 2.0})  # age better, gender worse, the sum worse
+    best.restore()
+    assert best.epoch == {"age": 1, "gender": 0}
+    for key, value in head.state_dict().items():
+        expected = first if key.startswith(FusionHead.GENDER_PARTS) else second
+        assert torch.equal(value, expected[key]), key
+    assert any(k.startswith("gender_body.") for k in first) and any(k.startswith("body.") for k in first)
+
+
+def test_a_fusion_with_a_separate_gender_part_saves_and_loads(sample_fused, sample_cache, tmp_path):
+    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
+    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
+    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+                    "--out", str(tmp_path / "fused"), "--separate-gender", "--epochs", "3"], cwd=ROOT, check=True,
+                   capture_output=True)
+    model, state = load_fused(tmp_path / "fused" / "fused.pt")
+    assert model.head.separate_gender and set(state["summary"]["best_epochs"]) == {"age", "gender"}
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:2]]
+    with torch.inference_mode():
+        out = model.outputs(*batch_inputs(model, faces))
+    assert ((out["gender_female"] >= 0) & (out["gender_female"] <= 1)).all() and (out["age"] > 0).all()
