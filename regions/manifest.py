@@ -180,13 +180,15 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
-    """Replace a manifest with ``rows`` sorted by id, through a rename."""
+    """Replace a manifest with ``rows`` sorted by id, through a rename. A manifest that would
+    not change is not rewritten: its modification time dates the cache, and the fusion's
+    cached branch outputs are keyed by it (a resumed run that redid nothing keeps them)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in sorted(rows, key=lambda r: r["id"]):
-            handle.write(json.dumps(row, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    data = "".join(json.dumps(row, separators=(",", ":")) + "\n"
+                   for row in sorted(rows, key=lambda r: r["id"])).encode("utf-8")
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    write_atomic(path, data)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

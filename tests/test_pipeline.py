@@ -101,8 +101,11 @@ def test_interrupted_run_resumes_to_the_same_manifest(tmp_path, how, workers, de
     assert f"{len(rows_before)} already cached" in result.stderr
     assert manifest_rows(cache) == manifest_rows(tmp_path / "whole")
     _assert_consistent(cache)
+    dated = (cache / "manifest.jsonl").stat().st_mtime_ns
     again = run_regions(source, "--cache", cache, "--workers", 2, *options)
     assert "0 to process" in again.stderr
+    # nothing redone, nothing rewritten: the fusion's cached branch outputs are keyed by this date
+    assert (cache / "manifest.jsonl").stat().st_mtime_ns == dated
 
 
 def test_split_is_seeded_and_stratified():
