@@ -46,13 +46,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cached_features(fused: Path, split: str) -> dict[str, np.ndarray]:
-    """The newest feature cache of a split (the fusion stage names each by its branches' fingerprint)."""
-    paths = sorted(fused.glob(f"features-{split}-*.npz"), key=lambda p: p.stat().st_mtime)
-    if not paths:
-        raise SystemExit(f"error: {fused}: no cached {split} features; run the recipe's fusion stage first")
-    with np.load(paths[-1]) as data:
-        return dict(data)
+def cached_features(fused: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The training and validation features of the same branches: the newest validation cache
+    and the training cache of the same name's tail (mirroring and the branches' fingerprint)."""
+    paths = sorted(fused.glob("features-val-*.npz"), key=lambda p: p.stat().st_mtime)
+    train = fused / paths[-1].name.replace("features-val-", "features-train-", 1) if paths else None
+    if train is None or not train.is_file():
+        raise SystemExit(f"error: {fused}: no cached training and validation features of the same branches; "
+                         f"run the recipe's fusion stage first")
+    splits = []
+    for path in (train, paths[-1]):
+        with np.load(path) as data:
+            splits.append(dict(data))
+    return splits[0], splits[1]
 
 
 def l1_blend(x: np.ndarray, y: np.ndarray) -> QuantileRegressor:
@@ -72,7 +78,7 @@ def out_of_fold(fit, x: np.ndarray, y: np.ndarray, seed: int, keep: np.ndarray |
 def main(args: argparse.Namespace) -> None:
     fused = args.run / "fused"
     regions = list(json.loads((fused / "fusion.json").read_text())["branches"])
-    train, val = cached_features(fused, "train"), cached_features(fused, "val")
+    train, val = cached_features(fused)
     block = BranchBlock(train["features"].shape[-1] - 2)
     ages = {split: block.age(data["features"]) for split, data in (("train", train), ("val", val))}
     logits = {split: block.gender_logit(data["features"]) for split, data in (("train", train), ("val", val))}

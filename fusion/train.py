@@ -118,7 +118,8 @@ class BestEpochs:
         self.parts = ("age", "gender") if separate_gender else ("total",)
         self.loss = dict.fromkeys(self.parts, float("inf"))
         self.epoch = dict.fromkeys(self.parts, -1)
-        self.state = {}
+        # a part whose loss never improves (NaN throughout) keeps its starting weights, not a hole
+        self.state = {k: v.clone() for k, v in head.state_dict().items()}
 
     def part_of(self, name: str) -> str:
         if self.parts == ("total",):
