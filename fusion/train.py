@@ -126,14 +126,14 @@ class BestEpochs:
             return "total"
         return "gender" if name.startswith(self.head.GENDER_PARTS) else "age"
 
-    def update(self, epoch: int, total: float, terms: dict) -> bool:
-        """Keep what improved; True when any part did."""
+    def update(self, epoch: int, total: float, terms: dict) -> list[str]:
+        """Keep what improved; the parts that did."""
         losses = {"total": total, **{k: float(v) for k, v in terms.items()}}
         better = [p for p in self.parts if losses[p] < self.loss[p]]
         for part in better:
             self.loss[part], self.epoch[part] = losses[part], epoch
             self.state.update({k: v.clone() for k, v in self.head.state_dict().items() if self.part_of(k) == part})
-        return bool(better)
+        return better
 
     def restore(self) -> None:
         self.head.load_state_dict(self.state)
@@ -236,9 +236,8 @@ def main(args: argparse.Namespace) -> int:
             val_loss, terms = head_loss(model, *val_tensors, args.gender_weight, parts=True)
             val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
         improved = best.update(epoch, val_loss.item(), terms)
-        kept = [p for p in best.parts if best.epoch[p] == epoch] if args.separate_gender else []
         print(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss.item():.4f} mae {val_mae:.2f}"
-              f"{'  *best' if improved else ''}{' (' + ', '.join(kept) + ')' if kept else ''}")
+              f"{'  *best' if improved else ''}{' (' + ', '.join(improved) + ')' if args.separate_gender and improved else ''}")
     best.restore()
     best_epoch = best.epoch["age" if args.separate_gender else "total"]
 
