@@ -256,6 +256,16 @@ def test_a_mirrored_model_averages_each_crop_with_its_mirror_image(sample_fused,
         assert torch.allclose(mirrored[:, r], expected, atol=1e-4), region
 
 
+def _fusion_again(sample_fused, sample_cache, tmp_path, *options: str) -> Path:
+    """The sample's fusion head trained again with ``options``, over the same branches (their
+    features already cached in a copy of its folder); its fused.pt."""
+    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
+    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
+    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+                    "--out", str(tmp_path / "fused"), *options], cwd=ROOT, check=True, capture_output=True)
+    return tmp_path / "fused" / "fused.pt"
+
+
 def test_a_rebalanced_fusion_epoch_draws_the_rare_age_group_as_often_as_the_common_one(sample_fused, sample_cache,
                                                                                        tmp_path):
     groups = ["20-29"] * 900 + ["70+"] * 100
@@ -264,12 +274,7 @@ def test_a_rebalanced_fusion_epoch_draws_the_rare_age_group_as_often_as_the_comm
     drawn = epoch_order(len(groups), group_weights(groups, 1.0), generator)
     assert 0.45 < (drawn >= 900).float().mean().item() < 0.55  # 10% of the faces, half the draws
     # and the command trains with it, over the sample's branches (their features already cached)
-    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
-    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
-    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
-                    "--out", str(tmp_path / "fused"), "--alpha", "1", "--epochs", "3"], cwd=ROOT, check=True,
-                   capture_output=True)
-    _, state = load_fused(tmp_path / "fused" / "fused.pt")
+    _, state = load_fused(_fusion_again(sample_fused, sample_cache, tmp_path, "--alpha", "1", "--epochs", "3"))
     assert state["config"]["alpha"] == 1.0 and state["config"]["epochs"] == 3
 
 
@@ -292,12 +297,7 @@ def test_a_separate_gender_part_keeps_its_own_best_epoch():
 
 
 def test_a_fusion_with_a_separate_gender_part_saves_and_loads(sample_fused, sample_cache, tmp_path):
-    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
-    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
-    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
-                    "--out", str(tmp_path / "fused"), "--separate-gender", "--epochs", "3"], cwd=ROOT, check=True,
-                   capture_output=True)
-    model, state = load_fused(tmp_path / "fused" / "fused.pt")
+    model, state = load_fused(_fusion_again(sample_fused, sample_cache, tmp_path, "--separate-gender", "--epochs", "3"))
     assert model.head.separate_gender and set(state["summary"]["best_epochs"]) == {"age", "gender"}
     faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:2]]
     with torch.inference_mode():
