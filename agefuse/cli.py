@@ -52,6 +52,17 @@ def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str],
     return parse
 
 
+def fold_spec(text: str) -> tuple[int, int]:
+    """``I/K``: part I (1 to K) of the training split's K parts, K of 2 or more."""
+    try:
+        fold, folds = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/K (for example 1/2)") from None
+    if folds < 2 or not 1 <= fold <= folds:
+        raise argparse.ArgumentTypeError(f"{text}: I/K needs K >= 2 and I from 1 to K")
+    return fold, folds
+
+
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: checked before any work (not whether CUDA is
     there: that is the command's to say)."""

@@ -15,7 +15,7 @@ import torch
 from .model import MODEL_ARG_DEFAULTS, BranchModel, model_from_args
 
 MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout",
-                   "feature_scale")
+                   "feature_scale", "fold")
 
 
 class CheckpointError(ValueError):

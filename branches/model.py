@@ -24,7 +24,7 @@ GENDER_WEIGHT = 0.5  # the gender loss's weight beside the age loss
 # at chance for the first rounds; 8 brings it to unit size.
 FEATURE_SCALE = 1.0
 # what a file written before a model argument existed was trained with
-MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE}
+MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE, "fold": None}
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
 from bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
-from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder, run_command
+from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, fold_spec, int_at_least, json_text, output_folder, run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
@@ -59,6 +59,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--fusion-holdout", type=float_in(0, 0.9), default=0.0,
                         help="share of the training split kept from this branch for the fusion head "
                              "(the same faces for every branch: chosen by a hash of the id); 0 = none")
+    parser.add_argument("--fold", type=fold_spec, default=None,
+                        help="I/K: leave part I of the training split's K parts out (parts chosen by a hash of "
+                             "the id), so that this branch's outputs on them are out of fold: what "
+                             "agefuse-train-fusion --out-of-fold feeds the head in place of the full branch's")
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule
@@ -211,7 +215,8 @@ def main(args: argparse.Namespace) -> int:
 
     # data
     pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
-    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, args.fusion_holdout)
+    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, args.fusion_holdout,
+                              args.fold)
     val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
     if is_main:  # only now: a bad cache or augmentation file leaves no run folder behind
         out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     val_loader = DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers)
     log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
         f"from {args.cache} ({100 * args.fusion_holdout:.0f}% of the training faces kept for the fusion "
-        f"head); {world} process(es) on {device}")
+        f"head{'; part %d of %d left out' % args.fold if args.fold else ''}); {world} process(es) on {device}")
 
     # model, optimiser, stop rule
     torch.manual_seed(args.seed)  # the initial weights

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of
 from regions import REGIONS, manifest
 
-from .model import FusedModel
+from .model import FusedModel, load_branches
 
 
 def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.ndarray | None:
@@ -113,3 +113,51 @@ def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict
     np.savez(tmp, **data)
     tmp.replace(path)
     return data
+
+
+def fold_branches(model: FusedModel, region: str, paths: list[Path]) -> dict[int, torch.nn.Module]:
+    """``region``'s fold branches (``agefuse-train-branch --fold I/K``) by part I, checked to
+    be one per part and at the full branch's input size."""
+    folds = {}
+    for path in paths:
+        (branch,), (branch_args,) = (v.values() for v in load_branches({region: path}))
+        fold = branch_args.get("fold")
+        if not fold:
+            raise ValueError(f"{path}: not a fold branch (train it with agefuse-train-branch --fold I/K)")
+        if fold[1] != len(paths) or fold[0] in folds:
+            raise ValueError(f"--out-of-fold {region}: {len(paths)} checkpoints, but {path} is part {fold[0]} "
+                             f"of {fold[1]}: give one checkpoint per part, each part once")
+        size = model.image_sizes[model.regions.index(region)]
+        if branch_args["image_size"] != size:
+            raise ValueError(f"{path}: trained at {branch_args['image_size']} px, the {region} branch at {size}")
+        folds[fold[0]] = branch
+    return folds
+
+
+def out_of_fold(model: FusedModel, cache: Path, train: dict[str, np.ndarray], region: str, paths: list[Path],
+                out: Path, device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """``region``'s block of the training features, (N, F) in ``train``'s order, each face's
+    from the fold branch (``fold_branches``) that left it out: the outputs the head should
+    learn from, as the full branch's on its own training faces are better than it will ever
+    be on a new face (and more so the more it overfit)."""
+    mirrored = region in model.mirrored
+    name = (f"features-train-oof-{region}{'-mirrored' if mirrored else ''}-"
+            f"{fingerprint(cache, {f'{region}{i}': p for i, p in enumerate(paths)})}.npz")
+    if (out / name).is_file():
+        with np.load(out / name) as data:
+            return data["block"]
+    rows = {r["id"]: r for r in manifest.load(cache) if r["split"] == "train"}
+    block = np.zeros((len(train["id"]),) + train["features"].shape[2:], np.float32)
+    part = np.array([manifest.fold_of(str(i), len(paths)) for i in train["id"]])
+    size = model.image_sizes[model.regions.index(region)]
+    for fold, branch in sorted(fold_branches(model, region, paths).items()):
+        single = FusedModel({region: branch}, {region: size}, mirror=mirrored).to(device).eval()
+        index = np.flatnonzero(part == fold - 1)
+        data = extract(single, cache, [rows[str(train["id"][i])] for i in index], device=device,
+                       desc=f"{region} without part {fold} of {len(paths)}")
+        block[index] = data["features"][:, 0]
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{name}.tmp.npz"
+    np.savez(tmp, block=block)
+    tmp.replace(out / name)
+    return block

@@ -29,7 +29,7 @@ from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointErr
 from regions import manifest, read_settings
 from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
-from .features import split_features
+from .features import fold_branches, out_of_fold, split_features
 from .metrics import interval_coverage
 from .model import FusedModel, head_input, in_calibration_half, load_branches, save_fused
 
@@ -42,6 +42,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
     parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for fused.pt and the cached features")
+    parser.add_argument("--out-of-fold", action="append", default=[], metavar="REGION=CKPT,CKPT,...",
+                        help="the head learns REGION's outputs on the training faces from these fold branches "
+                             "(agefuse-train-branch --fold I/K, one per part), each face's from the one that left "
+                             "it out, in place of the full branch's, which it fitted (repeatable; the saved "
+                             "model keeps the full branch)")
     parser.add_argument("--epochs", type=int_at_least(1), default=40, help="passes over the training faces")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="faces per step")
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
@@ -88,6 +93,22 @@ def branch_paths(spec: str, runs: str) -> dict[str, Path]:
     if not paths:
         raise ValueError("--branches names no region")
     return paths
+
+
+def fold_paths(specs: list[str], regions: list[str]) -> dict[str, list[Path]]:
+    """--out-of-fold's REGION=CKPT,CKPT,... items, by region."""
+    folds = {}
+    for spec in specs:
+        region, _, paths = spec.partition("=")
+        folds[region] = [Path(p) for p in paths.split(",") if p]
+        if region not in regions:
+            raise ValueError(f"--out-of-fold {spec}: {region!r} is not one of the fused branches ({', '.join(regions)})")
+        if len(folds[region]) < 2:
+            raise ValueError(f"--out-of-fold {spec}: needs REGION=CKPT,CKPT,... with one checkpoint per part (2 or more)")
+        for path in folds[region]:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no fold branch for --out-of-fold {region}")
+    return folds
 
 
 def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
@@ -171,6 +192,7 @@ def main(args: argparse.Namespace) -> int:
 
     # branches, and their outputs on the two splits
     paths = branch_paths(args.branches, args.runs)
+    folds = fold_paths(args.out_of_fold, list(paths))
     branches, branch_args = load_branches(paths)
     torch.manual_seed(args.seed)
     settings = read_settings(cache)
@@ -183,7 +205,15 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"the branches kept different shares of the training split for fusion "
                          f"({sorted(holdouts)}): retrain them with one --fusion-holdout")
     holdout = holdouts.pop()
+    for region, fold_checkpoints in folds.items():
+        fold_branches(model, region, fold_checkpoints)  # checked before the long work
+    if holdout > 0 and folds:
+        raise ValueError("--out-of-fold with branches trained with --fusion-holdout: the head already learns "
+                         "from faces they left out; use one or the other")
     train = split_features(model, cache, "train", paths, out, device, holdout)
+    for region, fold_checkpoints in folds.items():
+        train["features"][:, model.regions.index(region)] = out_of_fold(model, cache, train, region,
+                                                                         fold_checkpoints, out, device)
     val = split_features(model, cache, "val", paths, out, device)
     # the interval's temperature is fitted on faces the head does not learn from, and the
     # interval is checked on validation faces the temperature was not fitted on
@@ -251,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
     branch_mae = {r: float(np.abs(model.block.age(val["features"][:, i]) - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
-               "head_faces": len(age),
+               "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(age),
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,

@@ -146,6 +146,14 @@ def in_fusion_holdout(image_id: str, fraction: float) -> bool:
     return hashed_share(image_id, fraction, "fusion")
 
 
+def fold_of(image_id: str, folds: int) -> int:
+    """Which of ``folds`` fixed parts of its split a face falls in (0-based, by a hash of the
+    id): a branch trained with ``--fold I/K`` leaves part I-1 out, so its outputs on those
+    faces are out of fold, like its outputs on faces it will meet."""
+    digest = hashlib.blake2b(f"fold:{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) * folds // 2 ** 64
+
+
 def hashed_share(image_id: str, fraction: float, purpose: str) -> bool:
     """Whether an image falls in a fixed ``fraction`` of its split, by a hash of its id and
     ``purpose`` (so shares drawn for different purposes are independent, and reproducible

@@ -13,8 +13,10 @@ from sklearn import metrics as sk
 
 from bootstrap import group_weights
 from fusion import evaluate, export, metrics, predict
-from fusion.features import batch_inputs, fingerprint, read_crops
-from fusion.model import DEFAULT_MODEL, FusionHead, load_fused
+from branches import load_branch
+from branches.data import cache_rows
+from fusion.features import batch_inputs, extract, fingerprint, read_crops
+from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, load_fused
 from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
@@ -303,3 +305,42 @@ def test_a_fusion_with_a_separate_gender_part_saves_and_loads(sample_fused, samp
     with torch.inference_mode():
         out = model.outputs(*batch_inputs(model, faces))
     assert ((out["gender_female"] >= 0) & (out["gender_female"] <= 1)).all() and (out["age"] > 0).all()
+
+
+def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(sample_fused, sample_cache,
+                                                                               tmp_path):
+    # two eyes branches, each leaving one half of the training faces out: between them every
+    # training face is left out exactly once
+    train_ids = {r["id"] for r in cache_rows(sample_cache, "eyes", "train")}
+    kept = [{r["id"] for r in cache_rows(sample_cache, "eyes", "train", fold=(i, 2))} for i in (1, 2)]
+    assert kept[0] and kept[1] and not kept[0] & kept[1] and kept[0] | kept[1] == train_ids
+    folds = []
+    for i in (1, 2):
+        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "eyes",
+                        "--out", str(tmp_path / f"eyes-{i}"), "--image-size", "40", "--batch-size", "32",
+                        "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
+                       cwd=ROOT, check=True, capture_output=True)
+        folds.append(tmp_path / f"eyes-{i}" / "best.pt")
+    fused = _fusion_again(sample_fused, sample_cache, tmp_path, "--epochs", "2",
+                          "--out-of-fold", f"eyes={folds[1]},{folds[0]}")  # in any order
+    model, state = load_fused(fused)
+    assert state["summary"]["out_of_fold"] == {"eyes": [str(folds[1]), str(folds[0])]}
+    # the head learned each face's eyes features from the branch that did not train on it
+    (cached,) = fused.parent.glob("features-train-oof-eyes-*.npz")
+    block = np.load(cached)["block"]
+    (full,) = [p for p in fused.parent.glob("features-train-*.npz") if "oof" not in p.name]
+    full_data = np.load(full)
+    rows = {r["id"]: r for r in manifest_rows(sample_cache)}
+    region = model.regions.index("eyes")
+    for i, path in enumerate(folds):
+        fold_branch, fold_args = load_branch(path)
+        single = FusedModel({"eyes": fold_branch}, {"eyes": fold_args["image_size"]})
+        index = [n for n, face in enumerate(full_data["id"]) if str(face) not in kept[i]][:3]
+        expected = extract(single, sample_cache, [rows[str(full_data["id"][n])] for n in index])["features"][:, 0]
+        np.testing.assert_allclose(block[index], expected, atol=1e-5)
+        assert not np.allclose(block[index], full_data["features"][index, region], atol=1e-3)
+    # the same part twice is refused in one line
+    twice = subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs",
+                            str(Path(sample_fused).parents[1] / "runs"), "--out", str(tmp_path / "twice"),
+                            "--out-of-fold", f"eyes={folds[0]},{folds[0]}"], cwd=ROOT, capture_output=True, text=True)
+    assert twice.returncode != 0 and "each part once" in twice.stderr and "Traceback" not in twice.stderr
