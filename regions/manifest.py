@@ -150,18 +150,20 @@ def fold_of(image_id: str, folds: int) -> int:
     """Which of ``folds`` fixed parts of its split a face falls in (0-based, by a hash of the
     id): a branch trained with ``--fold I/K`` leaves part I-1 out, so its outputs on those
     faces are out of fold, like its outputs on faces it will meet."""
-    digest = hashlib.blake2b(f"fold:{image_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest) * folds // 2 ** 64
+    return int(hashed_unit(image_id, "fold") * folds)
 
 
 def hashed_share(image_id: str, fraction: float, purpose: str) -> bool:
     """Whether an image falls in a fixed ``fraction`` of its split, by a hash of its id and
     ``purpose`` (so shares drawn for different purposes are independent, and reproducible
     without storing a list)."""
-    if fraction <= 0:
-        return False
+    return fraction > 0 and hashed_unit(image_id, purpose) < fraction
+
+
+def hashed_unit(image_id: str, purpose: str) -> float:
+    """A number in [0, 1) fixed by the id and ``purpose``, spread evenly over the ids."""
     digest = hashlib.blake2b(f"{purpose}:{image_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest) / 2 ** 64 < fraction
+    return int.from_bytes(digest) / 2 ** 64
 
 
 def manifest_name(shard: tuple[int, int] = (0, 1)) -> str:
