@@ -30,7 +30,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, QuantileRegressor
 from sklearn.model_selection import KFold
 
-from fusion import BranchBlock
+from branches import MIRROR_INVARIANT
+from fusion import BranchBlock, oof_path
 
 FOLDS = 5
 
@@ -82,14 +83,15 @@ def main(args: argparse.Namespace) -> None:
     regions = list(summary["branches"])
     train, val, mirrored = cached_features(fused)
     # the head's training inputs: a region with fold branches (--out-of-fold) from those
-    for region in summary.get("out_of_fold", {}):
-        name = f"features-train-oof-{region}{'-mirrored' if mirrored else ''}-*.npz"
-        paths = sorted((p for p in fused.glob(name) if mirrored or "-mirrored-" not in p.name),
-                       key=lambda p: p.stat().st_mtime)
-        if paths:
-            with np.load(paths[-1]) as data:
-                train["features"][:, regions.index(region)] = data["block"]
-            print(f"{region}: training faces' outputs from its fold branches ({paths[-1].name})")
+    cache = Path(summary["calibration"]["cache"])
+    for region, checkpoints in summary.get("out_of_fold", {}).items():
+        path = oof_path(fused, cache, region, mirrored and region in MIRROR_INVARIANT, list(map(Path, checkpoints)))
+        if not path.is_file():
+            raise SystemExit(f"error: {path}: the fusion's out-of-fold features of {region} are missing; "
+                             f"run its fusion stage again")
+        with np.load(path) as data:
+            train["features"][:, regions.index(region)] = data["block"]
+        print(f"{region}: training faces' outputs from its fold branches ({path.name})")
     block = BranchBlock(train["features"].shape[-1] - 2)
     ages = {split: block.age(data["features"]) for split, data in (("train", train), ("val", val))}
     logits = {split: block.gender_logit(data["features"]) for split, data in (("train", train), ("val", val))}

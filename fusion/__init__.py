@@ -16,11 +16,14 @@ Offers:
   of agefuse-predict's JSON), and its parts: ``find_faces`` (the faces with the crops the
   model reads), ``estimate`` (crops to outputs),
   ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
+- ``oof_path(out, cache, region, mirrored, checkpoints)``: where agefuse-train-fusion
+  ``--out-of-fold`` caches a region's training features from its fold branches;
 - ``train_fusion_parser()``, ``train_joint_parser()``: the agefuse-train-fusion and
   agefuse-train-joint parsers (recipes check their options on them).
 """
 import importlib
 
+from .features import oof_path
 from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
 
 # the commands' modules load on first use, so ``python -m fusion.predict`` (or train) does
@@ -47,5 +50,5 @@ def train_joint_parser():
 
 
 __all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "find_faces", "load_fused", "predict_faces", "train_fusion_parser",
+           "estimate", "find_faces", "load_fused", "oof_path", "predict_faces", "train_fusion_parser",
            "train_joint_parser"]

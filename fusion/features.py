@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of
+from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of, load_branch
 from regions import REGIONS, manifest
 
-from .model import FusedModel, load_branches
+from .model import FusedModel
 
 
 def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.ndarray | None:
@@ -115,49 +115,71 @@ def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict
     return data
 
 
-def fold_branches(model: FusedModel, region: str, paths: list[Path]) -> dict[int, torch.nn.Module]:
+# what a fold branch may differ in from the branch it stands in for
+FOLD_ARGS = ("fold", "fusion_holdout")
+
+
+def fold_branches(region: str, paths: list[Path], full_args: dict) -> dict[int, torch.nn.Module]:
     """``region``'s fold branches (``agefuse-train-branch --fold I/K``) by part I, checked to
-    be one per part and at the full branch's input size."""
+    be one per part and the full branch's network (``full_args``, its model_args) but for
+    the faces it saw."""
     folds = {}
     for path in paths:
-        (branch,), (branch_args,) = (v.values() for v in load_branches({region: path}))
-        fold = branch_args.get("fold")
-        if not fold:
+        branch, args = load_branch(path)
+        if not args.get("fold"):
             raise ValueError(f"{path}: not a fold branch (train it with agefuse-train-branch --fold I/K)")
-        if fold[1] != len(paths) or fold[0] in folds:
-            raise ValueError(f"--out-of-fold {region}: {len(paths)} checkpoints, but {path} is part {fold[0]} "
-                             f"of {fold[1]}: give one checkpoint per part, each part once")
-        size = model.image_sizes[model.regions.index(region)]
-        if branch_args["image_size"] != size:
-            raise ValueError(f"{path}: trained at {branch_args['image_size']} px, the {region} branch at {size}")
-        folds[fold[0]] = branch
+        (part, count) = args["fold"]
+        if count != len(paths) or part in folds:
+            raise ValueError(f"--out-of-fold {region}: {len(paths)} checkpoints, but {path} is part {part} "
+                             f"of {count}: give one checkpoint per part, each part once")
+        differ = [k for k in sorted(set(args) | set(full_args)) if k not in FOLD_ARGS and args.get(k) != full_args.get(k)]
+        if differ:
+            raise ValueError(f"{path}: not the {region} branch's network: " + ", ".join(
+                f"{k} is {args.get(k)!r} there, {full_args.get(k)!r} in the branch" for k in differ))
+        folds[part] = branch.requires_grad_(False)
     return folds
 
 
-def out_of_fold(model: FusedModel, cache: Path, train: dict[str, np.ndarray], region: str, paths: list[Path],
-                out: Path, device: torch.device = torch.device("cpu")) -> np.ndarray:
+def oof_path(out: Path, cache: Path, region: str, mirrored: bool, paths: list[Path]) -> Path:
+    """Where ``out_of_fold`` caches ``region``'s block (the checkpoints in any order)."""
+    checkpoints = {f"{region}{i}": p for i, p in enumerate(sorted(map(str, paths)))}
+    return out / f"features-train-oof-{region}{'-mirrored' if mirrored else ''}-{fingerprint(cache, checkpoints)}.npz"
+
+
+def out_of_fold(model: FusedModel, cache: Path, train: dict[str, np.ndarray], region: str,
+                folds: dict[int, torch.nn.Module], paths: list[Path], out: Path,
+                device: torch.device = torch.device("cpu")) -> np.ndarray:
     """``region``'s block of the training features, (N, F) in ``train``'s order, each face's
     from the fold branch (``fold_branches``) that left it out: the outputs the head should
     learn from, as the full branch's on its own training faces are better than it will ever
-    be on a new face (and more so the more it overfit)."""
+    be on a new face (and more so the more it overfit).
+
+    The whole block, embedding included: the fold branches start from the same weights and
+    seed as the full branch, so their embeddings stay close to its (median per-dimension correlation
+    0.84-0.92 on validation faces, original and mouth in cpu-budget), and keeping the full
+    branch's embedding for the head leaks the overfit back (validation MAE 4.61 against 4.49
+    with the whole block, docs/benchmarks.md)."""
     mirrored = region in model.mirrored
-    name = (f"features-train-oof-{region}{'-mirrored' if mirrored else ''}-"
-            f"{fingerprint(cache, {f'{region}{i}': p for i, p in enumerate(paths)})}.npz")
-    if (out / name).is_file():
-        with np.load(out / name) as data:
-            return data["block"]
+    path = oof_path(out, cache, region, mirrored, paths)
+    if path.is_file():
+        with np.load(path) as data:
+            if "id" in data.files and np.array_equal(data["id"], train["id"]):  # else: recomputed
+                return data["block"]
     rows = {r["id"]: r for r in manifest.load(cache) if r["split"] == "train"}
     block = np.zeros((len(train["id"]),) + train["features"].shape[2:], np.float32)
-    part = np.array([manifest.fold_of(str(i), len(paths)) for i in train["id"]])
+    part = np.array([manifest.fold_of(str(i), len(folds)) for i in train["id"]])
     size = model.image_sizes[model.regions.index(region)]
-    for fold, branch in sorted(fold_branches(model, region, paths).items()):
-        single = FusedModel({region: branch}, {region: size}, mirror=mirrored).to(device).eval()
+    for fold, branch in sorted(folds.items()):
         index = np.flatnonzero(part == fold - 1)
+        if not len(index):
+            raise ValueError(f"--out-of-fold {region}: no training face falls in part {fold} of {len(folds)} "
+                             f"({len(part)} faces): use fewer folds")
+        single = FusedModel({region: branch}, {region: size}, mirror=mirrored).to(device).eval()
         data = extract(single, cache, [rows[str(train["id"][i])] for i in index], device=device,
-                       desc=f"{region} without part {fold} of {len(paths)}")
+                       desc=f"{region} without part {fold} of {len(folds)}")
         block[index] = data["features"][:, 0]
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{name}.tmp.npz"
-    np.savez(tmp, block=block)
-    tmp.replace(out / name)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, block=block, id=train["id"])
+    tmp.replace(path)
     return block

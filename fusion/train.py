@@ -100,6 +100,8 @@ def fold_paths(specs: list[str], regions: list[str]) -> dict[str, list[Path]]:
     folds = {}
     for spec in specs:
         region, _, paths = spec.partition("=")
+        if region in folds:
+            raise ValueError(f"--out-of-fold names {region} twice: give its checkpoints in one REGION=CKPT,CKPT,...")
         folds[region] = [Path(p) for p in paths.split(",") if p]
         if region not in regions:
             raise ValueError(f"--out-of-fold {spec}: {region!r} is not one of the fused branches ({', '.join(regions)})")
@@ -205,15 +207,14 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"the branches kept different shares of the training split for fusion "
                          f"({sorted(holdouts)}): retrain them with one --fusion-holdout")
     holdout = holdouts.pop()
-    for region, fold_checkpoints in folds.items():
-        fold_branches(model, region, fold_checkpoints)  # checked before the long work
     if holdout > 0 and folds:
         raise ValueError("--out-of-fold with branches trained with --fusion-holdout: the head already learns "
                          "from faces they left out; use one or the other")
+    fold_models = {r: fold_branches(r, ps, branch_args[r]) for r, ps in folds.items()}  # checked before the long work
     train = split_features(model, cache, "train", paths, out, device, holdout)
     for region, fold_checkpoints in folds.items():
-        train["features"][:, model.regions.index(region)] = out_of_fold(model, cache, train, region,
-                                                                         fold_checkpoints, out, device)
+        train["features"][:, model.regions.index(region)] = out_of_fold(
+            model, cache, train, region, fold_models[region], fold_checkpoints, out, device)
     val = split_features(model, cache, "val", paths, out, device)
     # the interval's temperature is fitted on faces the head does not learn from, and the
     # interval is checked on validation faces the temperature was not fitted on
@@ -280,7 +281,11 @@ def main(args: argparse.Namespace) -> int:
     mae = float(np.abs(result["age"].cpu().numpy() - val["age"]).mean())
     branch_mae = {r: float(np.abs(model.block.age(val["features"][:, i]) - val["age"]).mean())
                   for i, r in enumerate(model.regions)}
-    summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae, "fusion_holdout": holdout,
+    # and on the faces the head learned from, as it saw them (the fold branches' with --out-of-fold)
+    branch_train_mae = {r: float(np.abs(model.block.age(train["features"][:, i]) - train["age"]).mean())
+                        for i, r in enumerate(model.regions)}
+    summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae,
+               "branch_train_mae": branch_train_mae, "fusion_holdout": holdout,
                "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(age),
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),

@@ -339,8 +339,15 @@ def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(
         expected = extract(single, sample_cache, [rows[str(full_data["id"][n])] for n in index])["features"][:, 0]
         np.testing.assert_allclose(block[index], expected, atol=1e-5)
         assert not np.allclose(block[index], full_data["features"][index, region], atol=1e-3)
-    # the same part twice is refused in one line
-    twice = subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs",
-                            str(Path(sample_fused).parents[1] / "runs"), "--out", str(tmp_path / "twice"),
-                            "--out-of-fold", f"eyes={folds[0]},{folds[0]}"], cwd=ROOT, capture_output=True, text=True)
-    assert twice.returncode != 0 and "each part once" in twice.stderr and "Traceback" not in twice.stderr
+    # and that is what the head learned from: the branch's training-face MAE as the head saw it
+    assert state["summary"]["branch_train_mae"]["eyes"] == pytest.approx(
+        float(np.abs(model.block.age(block) - full_data["age"]).mean()), rel=1e-5)
+    # a checkpoint that is no fold branch, or the same part twice, is refused in one line, before any work
+    runs = Path(sample_fused).parents[1] / "runs"
+    for given, message in ((f"{runs / 'eyes' / 'best.pt'},{folds[0]}", "not a fold branch"),
+                           (f"{folds[0]},{folds[0]}", "each part once")):
+        refused = subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs", str(runs),
+                                  "--out", str(tmp_path / "refused"), "--out-of-fold", f"eyes={given}"],
+                                 cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert not list((tmp_path / "refused").glob("features-*"))
