@@ -16,6 +16,7 @@ command would not accept and a misspelt key is an error naming the file and the 
     [branches.<region>]          # one table per branch, in training order: its own options
     [out-of-fold]                # optional: folds = K, regions = [...]: those branches also train K
                                  # times, each leaving a K-th of the training faces out, for the head
+                                 # (with [fusion] cross-fit = true, instead of their full branch)
     [fusion]                     # agefuse-train-fusion options
     [joint]                      # optional: agefuse-train-joint options (branches and head fine-tuned together)
     [ablation]                   # optional: region = "...", and options for its variants
@@ -154,6 +155,9 @@ def load(path: str | Path) -> Recipe:
         regions = recipe.out_of_fold["regions"]
         if not isinstance(regions, list) or not regions or any(r not in recipe.branches for r in regions):
             raise ValueError(f"{where}: regions must list some of the recipe's branches ({', '.join(recipe.branches)})")
+    if recipe.fusion.get("cross-fit", recipe.fusion.get("cross_fit")) and not recipe.out_of_fold:
+        raise ValueError(f"{path} [fusion]: cross-fit averages the fold branches of an [out-of-fold] table, "
+                         f"and there is none")
     if recipe.joint:  # --fused must name a file that exists: the recipe itself stands in for it
         where = f"{path} [joint]"
         check(parsers["joint"], ["--cache", "C", "--fused", str(path), "--out", "O",

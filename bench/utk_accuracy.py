@@ -57,8 +57,9 @@ def log_run(command: list[str], log: Path) -> None:
 
 def fusion_command(cache: Path, branches: dict[str, Path], out: Path, seed: int, device: str,
                    options: list[str]) -> list[str]:
-    """agefuse-train-fusion over ``branches`` (region -> best.pt), as a recipe's fusion stage runs it."""
-    spec = ",".join(f"{region}={path}" for region, path in branches.items())
+    """agefuse-train-fusion over ``branches`` (region -> best.pt, or None for a region it
+    cross-fits), as a recipe's fusion stage runs it."""
+    spec = ",".join(region if path is None else f"{region}={path}" for region, path in branches.items())
     return [sys.executable, "-m", "fusion.train", "--cache", str(cache), "--branches", spec, "--out", str(out),
             "--seed", str(seed), "--device", device, *options]
 
@@ -178,7 +179,11 @@ def main(args):
 
     # 2. branches
     branch_rows = {}
+    # with cross-fitting the out-of-fold regions' fold branches stand in for their full branch
+    cross_fit = set(recipe.out_of_fold.get("regions", [])) if recipe.fusion.get("cross-fit") else set()
     for region, options in recipe.branches.items():
+        if region in cross_fit:
+            continue
         tick = time.perf_counter()
         branch_rows[region] = train_branch(cache, out / "branches" / region, region, options, recipe)
         timings[f"branch {region}"] = time.perf_counter() - tick
@@ -196,7 +201,8 @@ def main(args):
 
     # 3. fusion, 4. evaluation
     tick = time.perf_counter()
-    log_run(fusion_command(cache, {r: out / "branches" / r / "best.pt" for r in recipe.branches}, out / "fused",
+    log_run(fusion_command(cache, {r: None if r in cross_fit else out / "branches" / r / "best.pt"
+                                   for r in recipe.branches}, out / "fused",
                            recipe.seed, recipe.device, recipes.stage_argv("fusion", recipe.fusion) + out_of_fold),
             out / "fusion.log")
     timings["fusion"] = time.perf_counter() - tick

@@ -24,7 +24,7 @@ GENDER_WEIGHT = 0.5  # the gender loss's weight beside the age loss
 # at chance for the first rounds; 8 brings it to unit size.
 FEATURE_SCALE = 1.0
 # what a file written before a model argument existed was trained with
-MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE, "fold": None}
+MODEL_ARG_DEFAULTS = {"feature_scale": FEATURE_SCALE, "fold": None, "averaged_folds": None}
 
 # What a branch returns, by name (``BranchModel.forward``). The fusion stage reads the first
 # three; ``age_logits`` (the ``dist`` head's) is for the branch's own loss.
@@ -77,11 +77,31 @@ def create_model(name: str, age_head: str = AGE_HEAD, max_age: int = MAX_AGE, em
                        age_head=age_head, max_age=max_age, embedding_dim=embedding_dim, feature_scale=feature_scale)
 
 
-def model_from_args(args: dict) -> BranchModel:
+class FoldAverage(nn.Module):
+    """One region's K fold branches (``agefuse-train-branch --fold I/K``, each trained on the
+    faces the others left out) as one branch: every output the mean of theirs. Cross-fitting:
+    the fusion head learns each fold branch's outputs on the faces it left out, and a new face
+    gets the mean of all K, so no branch on every training face need be trained (over cpu-budget-v4's
+    branches the fusion scored as well this way as with the full branches, docs/benchmarks.md)."""
+
+    def __init__(self, members: list[BranchModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.embedding_dim = members[0].embedding_dim
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = [member(images) for member in self.members]
+        return {name: torch.stack([out[name] for out in outs]).mean(0) for name in outs[0]}
+
+
+def model_from_args(args: dict) -> BranchModel | FoldAverage:
     """An untrained branch shaped as a file's ``model_args`` say (a branch checkpoint's, or a
     fused model's ``branch_args``), ready for its state_dict; files from before
-    ``feature_scale`` was recorded were trained without one."""
+    ``feature_scale`` was recorded were trained without one. With ``averaged_folds`` K, a
+    ``FoldAverage`` of K such branches."""
     args = {**MODEL_ARG_DEFAULTS, **args}
+    if args["averaged_folds"]:
+        return FoldAverage([model_from_args({**args, "averaged_folds": None}) for _ in range(int(args["averaged_folds"]))])
     return create_model(args["model"], args["age_head"], args["max_age"], args["embedding_dim"],
                         pretrained=False, feature_scale=float(args["feature_scale"]))
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from branches import BRANCH_REGIONS, UNKNOWN_GENDER, age_range_of, load_branch
+from branches import BRANCH_REGIONS, UNKNOWN_GENDER, FoldAverage, age_range_of, load_branch
 from regions import REGIONS, manifest
 
 from .model import FusedModel
@@ -69,8 +69,9 @@ def read_crops(cache: Path, row: dict) -> dict[str, np.ndarray | None]:
 
 def fingerprint(cache: Path, checkpoints: dict[str, Path]) -> str:
     digest = hashlib.blake2b(digest_size=8)
-    for region, path in checkpoints.items():  # in order: the order is the features' layout
-        digest.update(f"{region}:{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}".encode())
+    for region, given in checkpoints.items():  # in order: the order is the features' layout
+        for path in given if isinstance(given, (list, tuple)) else [given]:  # a FoldAverage's: its folds'
+            digest.update(f"{region}:{Path(path).resolve()}:{Path(path).stat().st_mtime_ns}".encode())
     digest.update(str((cache / manifest.MANIFEST).stat().st_mtime_ns).encode())
     return digest.hexdigest()
 
@@ -119,13 +120,14 @@ def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict
 FOLD_ARGS = ("fold", "fusion_holdout")
 
 
-def fold_branches(region: str, paths: list[Path], full_args: dict) -> dict[int, torch.nn.Module]:
+def fold_branches(region: str, paths: list[Path], full_args: dict | None) -> dict[int, torch.nn.Module]:
     """``region``'s fold branches (``agefuse-train-branch --fold I/K``) by part I, checked to
-    be one per part and the full branch's network (``full_args``, its model_args) but for
-    the faces it saw."""
+    be one per part and the full branch's network (``full_args``, its model_args; None: the
+    first fold branch's) but for the faces it saw."""
     folds = {}
     for path in paths:
         branch, args = load_branch(path)
+        full_args = full_args if full_args is not None else fold_free(args)
         if not args.get("fold"):
             raise ValueError(f"{path}: not a fold branch (train it with agefuse-train-branch --fold I/K)")
         (part, count) = args["fold"]
@@ -138,6 +140,18 @@ def fold_branches(region: str, paths: list[Path], full_args: dict) -> dict[int, 
                 f"{k} is {args.get(k)!r} there, {full_args.get(k)!r} in the branch" for k in differ))
         folds[part] = branch.requires_grad_(False)
     return folds
+
+
+def fold_free(args: dict) -> dict:
+    """A fold branch's model_args without what makes it one fold (``FOLD_ARGS``)."""
+    return {k: v for k, v in args.items() if k not in FOLD_ARGS}
+
+
+def averaged_branch(folds: dict[int, torch.nn.Module], fold_args: dict) -> tuple[FoldAverage, dict]:
+    """``fold_branches``' K branches as one (``FoldAverage``), and its model_args: what a fused
+    model saves to build it again."""
+    members = [folds[part] for part in sorted(folds)]
+    return FoldAverage(members).requires_grad_(False).eval(), {**fold_free(fold_args), "averaged_folds": len(members)}
 
 
 def oof_path(out: Path, cache: Path, region: str, mirrored: bool, paths: list[Path]) -> Path:

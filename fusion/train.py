@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from bootstrap import group_weights
-from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss
+from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
 from regions import manifest, read_settings
 from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
-from .features import fold_branches, out_of_fold, split_features
+from .features import averaged_branch, fold_branches, out_of_fold, split_features
 from .metrics import interval_coverage
 from .model import FusedModel, head_input, in_calibration_half, load_branches, save_fused
 
@@ -47,6 +47,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(agefuse-train-branch --fold I/K, one per part), each face's from the one that left "
                              "it out, in place of the full branch's, which it fitted (repeatable; the saved "
                              "model keeps the full branch)")
+    parser.add_argument("--cross-fit", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --out-of-fold: the saved model scores each such region by the mean of its "
+                             "fold branches, which stand in for the full branch, so none need be trained (name "
+                             "the region in --branches alone; no RUNS/REGION/best.pt is read)")
     parser.add_argument("--epochs", type=int_at_least(1), default=40, help="passes over the training faces")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="faces per step")
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
@@ -81,10 +85,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def branch_paths(spec: str, runs: str) -> dict[str, Path]:
+def branch_paths(spec: str, runs: str, unread: set[str] = frozenset()) -> dict[str, Path | None]:
+    """The checkpoint of each region of --branches, in its order; None for those ``unread``."""
     paths = {}
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         region, _, path = item.partition("=")
+        if region in unread:
+            paths[region] = None
+            continue
         paths[region] = Path(path) if path else Path(runs) / region / "best.pt"
         if not paths[region].is_file():
             raise FileNotFoundError(f"{paths[region]}: no trained {region} branch (train it with "
@@ -193,9 +201,17 @@ def main(args: argparse.Namespace) -> int:
     cache = Path(args.cache)
 
     # branches, and their outputs on the two splits
-    paths = branch_paths(args.branches, args.runs)
-    folds = fold_paths(args.out_of_fold, list(paths))
-    branches, branch_args = load_branches(paths)
+    regions = [item.partition("=")[0].strip() for item in args.branches.split(",") if item.strip()]
+    folds = fold_paths(args.out_of_fold, regions)
+    if args.cross_fit and not folds:
+        raise ValueError("--cross-fit averages the fold branches of --out-of-fold: name them there")
+    paths = branch_paths(args.branches, args.runs, set(folds) if args.cross_fit else set())
+    branches, branch_args = load_branches({r: p for r, p in paths.items() if p is not None})
+    fold_models = {r: fold_branches(r, ps, branch_args.get(r)) for r, ps in folds.items()}  # checked before the long work
+    for region in (folds if args.cross_fit else []):
+        branches[region], branch_args[region] = averaged_branch(fold_models[region], load_branch(folds[region][0])[1])
+        paths[region] = folds[region]  # the features' fingerprint: the fold checkpoints'
+    branches, branch_args = {r: branches[r] for r in paths}, {r: branch_args[r] for r in paths}
     torch.manual_seed(args.seed)
     settings = read_settings(cache)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
@@ -210,7 +226,6 @@ def main(args: argparse.Namespace) -> int:
     if holdout > 0 and folds:
         raise ValueError("--out-of-fold with branches trained with --fusion-holdout: the head already learns "
                          "from faces they left out; use one or the other")
-    fold_models = {r: fold_branches(r, ps, branch_args[r]) for r, ps in folds.items()}  # checked before the long work
     train = split_features(model, cache, "train", paths, out, device, holdout)
     for region, fold_checkpoints in folds.items():
         train["features"][:, model.regions.index(region)] = out_of_fold(
@@ -290,7 +305,8 @@ def main(args: argparse.Namespace) -> int:
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
-               "branches": {r: str(p) for r, p in paths.items()}}
+               "cross_fit": sorted(folds) if args.cross_fit else [],
+               "branches": {r: [str(q) for q in p] if isinstance(p, list) else str(p) for r, p in paths.items()}}
     save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})
     (out / "fusion.json").write_text(json_text(summary))
     print(f"fused val MAE {mae:.2f} (branches alone: " + ", ".join(f"{r} {m:.2f}" for r, m in branch_mae.items())

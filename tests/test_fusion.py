@@ -307,20 +307,26 @@ def test_a_fusion_with_a_separate_gender_part_saves_and_loads(sample_fused, samp
     assert ((out["gender_female"] >= 0) & (out["gender_female"] <= 1)).all() and (out["age"] > 0).all()
 
 
+@pytest.fixture(scope="module")
+def eyes_folds(sample_cache, tmp_path_factory) -> list[Path]:
+    """Two eyes branches of the sample, each trained on one half of the training faces."""
+    out = tmp_path_factory.mktemp("eyes-folds")
+    for i in (1, 2):
+        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "eyes",
+                        "--out", str(out / f"eyes-{i}"), "--image-size", "40", "--batch-size", "32",
+                        "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
+                       cwd=ROOT, check=True, capture_output=True)
+    return [out / f"eyes-{i}" / "best.pt" for i in (1, 2)]
+
+
 def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(sample_fused, sample_cache,
-                                                                               tmp_path):
+                                                                               eyes_folds, tmp_path):
     # two eyes branches, each leaving one half of the training faces out: between them every
     # training face is left out exactly once
     train_ids = {r["id"] for r in cache_rows(sample_cache, "eyes", "train")}
     kept = [{r["id"] for r in cache_rows(sample_cache, "eyes", "train", fold=(i, 2))} for i in (1, 2)]
     assert kept[0] and kept[1] and not kept[0] & kept[1] and kept[0] | kept[1] == train_ids
-    folds = []
-    for i in (1, 2):
-        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "eyes",
-                        "--out", str(tmp_path / f"eyes-{i}"), "--image-size", "40", "--batch-size", "32",
-                        "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
-                       cwd=ROOT, check=True, capture_output=True)
-        folds.append(tmp_path / f"eyes-{i}" / "best.pt")
+    folds = eyes_folds
     fused = _fusion_again(sample_fused, sample_cache, tmp_path, "--epochs", "2",
                           "--out-of-fold", f"eyes={folds[1]},{folds[0]}")  # in any order
     model, state = load_fused(fused)
@@ -351,3 +357,35 @@ def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(
                                  cwd=ROOT, capture_output=True, text=True)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
         assert not list((tmp_path / "refused").glob("features-*"))
+
+
+def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(sample_fused, sample_cache, eyes_folds,
+                                                                            tmp_path):
+    # no full eyes branch is read: the spec names the region alone, and its runs folder has none
+    shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
+    given = json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"]
+    spec = ",".join("eyes" if r == "eyes" else f"{r}={p}" for r, p in given.items())
+    options = ["--cache", str(sample_cache), "--branches", spec, "--runs", str(tmp_path / "nothing"), "--epochs", "2"]
+    subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "fused"),
+                    "--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}", "--cross-fit"],
+                   cwd=ROOT, check=True, capture_output=True)
+    model, state = load_fused(tmp_path / "fused" / "fused.pt", fold=False)
+    assert state["summary"]["cross_fit"] == ["eyes"] and state["branch_args"]["eyes"]["averaged_folds"] == 2
+    assert model.regions == list(given)
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:3]]
+    inputs, present = batch_inputs(model, faces)
+    region = model.regions.index("eyes")
+    with torch.inference_mode():
+        block = model.features(inputs)[:, region]
+        expected = []
+        for path in eyes_folds:
+            fold_branch, fold_args = load_branch(path)
+            expected.append(FusedModel({"eyes": fold_branch}, {"eyes": fold_args["image_size"]}).features([inputs[region]])[:, 0])
+        folded = load_fused(tmp_path / "fused" / "fused.pt")[0].features(inputs)[:, region]  # norms folded, as predict runs
+    np.testing.assert_allclose(block.numpy(), torch.stack(expected).mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(folded.numpy(), block.numpy(), atol=1e-3)
+    assert not np.allclose(expected[0].numpy(), expected[1].numpy(), atol=1e-3)  # two different branches
+    # cross-fitting without fold branches is refused in one line
+    refused = subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "refused"),
+                              "--cross-fit"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--cross-fit" in refused.stderr and "Traceback" not in refused.stderr
