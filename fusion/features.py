@@ -58,10 +58,13 @@ def batch_inputs(model: FusedModel, faces: list[dict[str, np.ndarray | None]]
     return inputs, present
 
 
-def read_crops(cache: Path, row: dict) -> dict[str, np.ndarray | None]:
-    """RGB crops of a manifest row; a crop not listed or not decodable is None."""
+def read_crops(cache: Path, row: dict, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray | None]:
+    """RGB crops of a manifest row (only those ``names``, when given); a crop not listed or
+    not decodable is None."""
     crops = {}
     for name, rel in row.get("crops", {}).items():
+        if names is not None and name not in names:
+            continue
         image = cv2.imread(str(cache / rel), cv2.IMREAD_COLOR)
         crops[name] = None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return crops
@@ -80,8 +83,9 @@ def fingerprint(cache: Path, checkpoints: dict[str, Path]) -> str:
 def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 128,
             device: torch.device = torch.device("cpu"), desc: str = "features") -> dict[str, np.ndarray]:
     features, present = [], []
+    names = crops_read(model.regions)  # a fold branch's pass over the training faces decodes its one crop
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=None):
-        faces = [read_crops(cache, row) for row in rows[start:start + batch_size]]
+        faces = [read_crops(cache, row, names) for row in rows[start:start + batch_size]]
         inputs, mask = batch_inputs(model, faces)
         features.append(model.features([x.to(device) for x in inputs]).float().cpu())
         present.append(mask)

@@ -46,7 +46,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="the head learns REGION's outputs on the training faces from these fold branches "
                              "(agefuse-train-branch --fold I/K, one per part), each face's from the one that left "
                              "it out, in place of the full branch's, which it fitted (repeatable; the saved "
-                             "model keeps the full branch)")
+                             "model keeps the full branch, or with --cross-fit the fold branches' mean)")
     parser.add_argument("--cross-fit", action=argparse.BooleanOptionalAction, default=False,
                         help="with --out-of-fold: the saved model scores each such region by the mean of its "
                              "fold branches, which stand in for the full branch, so none need be trained (name "
