@@ -54,9 +54,10 @@ def main(args: argparse.Namespace) -> int:
     combos = list(itertools.product(*[o[1].split(",") for o in options])) or [()]
     # the branches in the run's own order (the features' layout)
     summary = json.loads((args.run / "fused" / "fusion.json").read_text())
-    spec = ",".join(f"{r}={p}" for r, p in summary["branches"].items())
-    # and the run's fold branches, if its head learned from them
+    spec = ",".join(r if isinstance(p, list) else f"{r}={p}" for r, p in summary["branches"].items())
+    # and the run's fold branches, if its head learned from them (or, cross-fitted, they are the branch)
     out_of_fold = [a for r, ps in summary.get("out_of_fold", {}).items() for a in ("--out-of-fold", f"{r}={','.join(ps)}")]
+    out_of_fold += ["--cross-fit"] if summary.get("cross_fit") else []
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"| {' | '.join(names)} | age MAE | CS@5 | worst decade 0-89 | gender | interval | best epoch |",
              "|" + "---|" * (len(names) + 6)]
