@@ -58,11 +58,14 @@ def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -
     if not isinstance(state, dict) or "model_args" not in state:
         raise CheckpointError(f"{path}: not an agefuse branch checkpoint (no model_args)")
     state["model_args"] = {**MODEL_ARG_DEFAULTS, **state["model_args"]}
-    if expected_model_args is not None and state["model_args"] != expected_model_args:
-        differ = {k: (state["model_args"].get(k), v) for k, v in expected_model_args.items()
-                  if state["model_args"].get(k) != v}
-        raise CheckpointError(f"{path} is from another model: " + ", ".join(
-            f"{k} is {old!r} there, {new!r} here" for k, (old, new) in differ.items()))
+    if expected_model_args is not None:
+        # both sides filled from the defaults, so a key added since either was written is no difference
+        expected = {**MODEL_ARG_DEFAULTS, **expected_model_args}
+        differ = {k: (state["model_args"].get(k), v) for k, v in expected.items() if state["model_args"].get(k) != v}
+        differ.update({k: (v, None) for k, v in state["model_args"].items() if k not in expected})
+        if differ:
+            raise CheckpointError(f"{path} is from another model: " + ", ".join(
+                f"{k} is {old!r} there, {new!r} here" for k, (old, new) in differ.items()))
     return state
 
 
