@@ -193,6 +193,44 @@ def fit_temperature(model: FusedModel, features, present, age) -> float:
     return best
 
 
+def fit_head(model: FusedModel, train: dict, val: dict, args: argparse.Namespace, age_groups, device,
+             log=print) -> BestEpochs:
+    """The head trained on ``train``'s features as ``args`` say (--epochs, --lr, --batch-size,
+    --branch-dropout, --alpha, --gender-weight, --separate-gender, --seed) and restored to its
+    best epoch(s) by the loss on ``val``; what it kept. ``log``: each epoch's line, or None."""
+    features, present, age, gender, age_range = tensors(train, device)
+    val_tensors = tensors(val, device)
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
+    generator = torch.Generator().manual_seed(args.seed)
+    draw_weights = (None if args.alpha == 0 else
+                    group_weights([manifest.age_group(int(a), age_groups) for a in train["age"]], args.alpha))
+    best = BestEpochs(model.head, args.separate_gender)
+    batch_size = max(8, min(args.batch_size, len(age) // 8))  # a small data set still gets steps
+    for epoch in range(args.epochs):
+        model.head.train()
+        order = epoch_order(len(age), draw_weights, generator)
+        for start in range(0, len(age), batch_size):
+            index = order[start:start + batch_size].to(device)
+            keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
+            loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index],
+                             age_range[index], args.gender_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        model.head.eval()
+        with torch.no_grad():
+            val_loss, terms = head_loss(model, *val_tensors, args.gender_weight, parts=True)
+            val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
+        improved = best.update(epoch, val_loss.item(), terms)
+        if log:
+            log(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss.item():.4f} mae {val_mae:.2f}"
+                f"{'  *best' if improved else ''}{' (' + ', '.join(improved) + ')' if args.separate_gender and improved else ''}")
+    best.restore()
+    return best
+
+
 def main(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -251,40 +289,10 @@ def main(args: argparse.Namespace) -> int:
         cut = int(len(order) * args.calibration_share)
         calibration = {k: v[order[:cut]] for k, v in train.items()}
         train = {k: v[order[cut:]] for k, v in train.items()}
-    features, present, age, gender, age_range = tensors(train, device)
     val_tensors = tensors(val, device)
-    print(f"fusing {', '.join(model.regions)}: {len(age)} training faces for the head, "
+    print(f"fusing {', '.join(model.regions)}: {len(train['age'])} training faces for the head, "
           f"{len(calibration['age'])} {calibrate_on} faces for the interval, {len(val['age'])} validation faces")
-
-    # the head
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
-    generator = torch.Generator().manual_seed(args.seed)
-    age_groups = manifest.parse_age_groups(settings.age_groups)
-    draw_weights = (None if args.alpha == 0 else
-                    group_weights([manifest.age_group(int(a), age_groups) for a in train["age"]], args.alpha))
-    best = BestEpochs(model.head, args.separate_gender)
-    batch_size = max(8, min(args.batch_size, len(age) // 8))  # a small data set still gets steps
-    for epoch in range(args.epochs):
-        model.head.train()
-        order = epoch_order(len(age), draw_weights, generator)
-        for start in range(0, len(age), batch_size):
-            index = order[start:start + batch_size].to(device)
-            keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
-            loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index],
-                             age_range[index], args.gender_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-        model.head.eval()
-        with torch.no_grad():
-            val_loss, terms = head_loss(model, *val_tensors, args.gender_weight, parts=True)
-            val_mae = (model.predict(*val_tensors[:2])["age"] - val_tensors[2]).abs().mean().item()
-        improved = best.update(epoch, val_loss.item(), terms)
-        print(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss.item():.4f} mae {val_mae:.2f}"
-              f"{'  *best' if improved else ''}{' (' + ', '.join(improved) + ')' if args.separate_gender and improved else ''}")
-    best.restore()
+    best = fit_head(model, train, val, args, manifest.parse_age_groups(settings.age_groups), device)
     best_epoch = best.epoch["age" if args.separate_gender else "total"]
 
     # the interval, fitted on the held-out training faces, checked on validation
@@ -301,7 +309,7 @@ def main(args: argparse.Namespace) -> int:
                         for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae,
                "branch_train_mae": branch_train_mae, "fusion_holdout": holdout,
-               "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(age),
+               "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(train["age"]),
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
