@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from branches import read_torch_file  # noqa: E402
 from fusion.features import averaged_branch, extract, fold_branches  # noqa: E402
 from fusion.metrics import age_report, gender_report, interval_coverage  # noqa: E402
-from fusion.model import FusedModel, FusionHead, in_calibration_half, load_fused  # noqa: E402
+from fusion.model import FusedModel, create_head, in_calibration_half, load_fused  # noqa: E402
 from fusion.train import fit_head, fit_temperature, tensors  # noqa: E402
 from regions import manifest, read_settings  # noqa: E402
 
@@ -92,7 +92,7 @@ def score(model: FusedModel, val: dict) -> dict:
 def main(args: argparse.Namespace) -> int:
     fused = args.run / "fused"
     state = read_torch_file(fused / "fused.pt", "agefuse model")
-    config = argparse.Namespace(**state["config"])
+    config = argparse.Namespace(**{"heads": 1, **state["config"]})  # a run from before --heads had one
     summary = json.loads((fused / "fusion.json").read_text())
     cache = args.run / "cache"
     base, _ = load_fused(fused / "fused.pt", fold=False)
@@ -143,9 +143,9 @@ def main(args: argparse.Namespace) -> int:
         for seed in seeds:
             model = copy.deepcopy(base)  # the branches are not run: only the head is new
             torch.manual_seed(seed)
-            model.head = FusionHead(base.head.body[0].in_features, int(base.ages[-1]),
-                                    separate_gender=base.head.separate_gender)
             head_args = {**vars(config), **{k: type(getattr(config, k))(v) for k, v in settings.items()}, "seed": seed}
+            model.head = create_head(len(regions) * (base.block.width + 1), int(base.ages[-1]),
+                                     base.head.separate_gender, head_args["heads"])
             fit_head(model, variant_train, variant_val, argparse.Namespace(**head_args),
                      age_groups, torch.device("cpu"), log=None)
             results.append(score(model, variant_val))

@@ -31,7 +31,7 @@ from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json
 
 from .features import averaged_branch, fold_branches, out_of_fold, split_features
 from .metrics import interval_coverage
-from .model import FusedModel, head_input, in_calibration_half, load_branches, save_fused
+from .model import FusedModel, HeadAverage, head_input, in_calibration_half, load_branches, save_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -65,6 +65,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--separate-gender", action=argparse.BooleanOptionalAction, default=False,
                         help="gender gets layers of its own in the head, and each of age and gender is kept "
                              "from its own best epoch (by its own validation loss), not from the best of the sum")
+    parser.add_argument("--heads", type=int_at_least(1), default=1,
+                        help="heads trained apart (head n from seed --seed + n) and averaged: a steadier head, "
+                             "each one costing a head's training over the cached branch outputs (seconds to minutes)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
                         help="the face, mouth and original branches also see their crop mirrored and average "
                              "the two: steadier estimates for about 1.8x the branches' time; kept in fused.pt, so "
@@ -194,10 +197,28 @@ def fit_temperature(model: FusedModel, features, present, age) -> float:
 
 
 def fit_head(model: FusedModel, train: dict, val: dict, args: argparse.Namespace, age_groups, device,
-             log=print) -> BestEpochs:
+             log=print) -> list[BestEpochs]:
     """The head trained on ``train``'s features as ``args`` say (--epochs, --lr, --batch-size,
     --branch-dropout, --alpha, --gender-weight, --separate-gender, --seed) and restored to its
-    best epoch(s) by the loss on ``val``; what it kept. ``log``: each epoch's line, or None."""
+    best epoch(s) by the loss on ``val``; what each head kept. Several heads (HeadAverage) are
+    trained one after the other, head n from seed ``--seed`` + n. ``log``: each epoch's line, or None."""
+    together = model.head
+    members = list(together.members) if isinstance(together, HeadAverage) else [together]
+    kept = []
+    try:
+        for n, member in enumerate(members):
+            model.head = member
+            if log and len(members) > 1:
+                log(f"head {n + 1} of {len(members)}")
+            kept.append(fit_one_head(model, train, val, argparse.Namespace(**{**vars(args), "seed": args.seed + n}),
+                                     age_groups, device, log))
+    finally:
+        model.head = together
+    return kept
+
+
+def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Namespace, age_groups, device,
+                 log) -> BestEpochs:
     features, present, age, gender, age_range = tensors(train, device)
     val_tensors = tensors(val, device)
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -254,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     settings = read_settings(cache)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
                        interval=args.interval, crop_settings=settings, mirror=args.mirror,
-                       separate_gender=args.separate_gender).to(device)
+                       separate_gender=args.separate_gender, heads=args.heads).to(device)
     model.eval()
     holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
     if len(holdouts) > 1:
@@ -293,7 +314,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"fusing {', '.join(model.regions)}: {len(train['age'])} training faces for the head, "
           f"{len(calibration['age'])} {calibrate_on} faces for the interval, {len(val['age'])} validation faces")
     best = fit_head(model, train, val, args, manifest.parse_age_groups(settings.age_groups), device)
-    best_epoch = best.epoch["age" if args.separate_gender else "total"]
+    best_epoch = best[0].epoch["age" if args.separate_gender else "total"]
 
     # the interval, fitted on the held-out training faces, checked on validation
     temperature = fit_temperature(model, *tensors(calibration, device)[:3])
@@ -307,7 +328,7 @@ def main(args: argparse.Namespace) -> int:
     # and on the faces the head learned from, as it saw them (the fold branches' with --out-of-fold)
     branch_train_mae = {r: float(np.abs(model.block.age(train["features"][:, i]) - train["age"]).mean())
                         for i, r in enumerate(model.regions)}
-    summary = {"best_epoch": best_epoch, "best_epochs": best.epoch, "val_mae": mae, "branch_val_mae": branch_mae,
+    summary = {"best_epoch": best_epoch, "best_epochs": best[0].epoch if len(best) == 1 else [b.epoch for b in best], "val_mae": mae, "branch_val_mae": branch_mae,
                "branch_train_mae": branch_train_mae, "fusion_holdout": holdout,
                "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(train["age"]),
                "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},

@@ -16,7 +16,7 @@ from fusion import evaluate, export, metrics, predict
 from branches import load_branch
 from branches.data import cache_rows
 from fusion.features import batch_inputs, extract, fingerprint, read_crops
-from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, load_fused
+from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, load_fused
 from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
@@ -305,6 +305,31 @@ def test_a_fusion_with_a_separate_gender_part_saves_and_loads(sample_fused, samp
     with torch.inference_mode():
         out = model.outputs(*batch_inputs(model, faces))
     assert ((out["gender_female"] >= 0) & (out["gender_female"] <= 1)).all() and (out["age"] > 0).all()
+
+
+def test_averaged_heads_predict_the_mean_of_their_members(sample_fused, sample_cache, tmp_path):
+    model, state = load_fused(_fusion_again(sample_fused, sample_cache, tmp_path, "--heads", "3", "--separate-gender",
+                                            "--epochs", "3"))
+    assert isinstance(model.head, HeadAverage) and len(model.head.members) == 3 and model.head.separate_gender
+    assert len(state["summary"]["best_epochs"]) == 3
+    faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[:4]]
+    with torch.inference_mode():
+        features = model.features(*batch_inputs(model, faces)[:1])
+        present = batch_inputs(model, faces)[1]
+        together = model.predict(features, present)
+        alone = []
+        for member in model.head.members:  # each head trained from its own seed: they differ
+            model.head, kept = member, model.head
+            alone.append(model.predict(features, present))
+            model.head = kept
+    assert (alone[0]["age"] - alone[1]["age"]).abs().max() > 1e-3
+    assert torch.allclose(together["age"], torch.stack([a["age"] for a in alone]).mean(0), atol=1e-4)
+    assert torch.allclose(together["gender_female"], torch.stack([a["gender_female"] for a in alone]).mean(0), atol=1e-5)
+    # and it exports like a one-head model
+    views, present = export.example_inputs(model, count=2, seed=1)
+    program = torch.export.load(export.export(model, tmp_path / "heads.pt2")).module()
+    with torch.no_grad():
+        assert (program(views, present) - model(views, present)).abs().max() <= 1e-4
 
 
 @pytest.fixture(scope="module")
