@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, model_from_args,
-                      fold_norms, load_branch, read_torch_file)
+from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, FoldAverage,
+                      fold_norms, load_branch, model_from_args, read_torch_file)
 from regions import Settings as CropSettings, manifest
 
 
@@ -147,16 +147,18 @@ class FusedModel(nn.Module):
         age / 100, gender logit, averaged over the views (and their mirror images, in the
         regions ``mirrored``).
 
-        With a thread ``pool`` the branches run side by side, and a mirrored branch's two
-        halves (its crops, their mirror images) as two tasks: for a photo's few faces that is
-        the faster way to use several cores: a batch-1 conv gains almost nothing from a second
-        intra-op thread, two at once nearly halve the time. The mean of the halves' blocks is
-        the mean over all views, as without a pool."""
+        With a thread ``pool`` the branches run side by side, a mirrored branch's two halves
+        (its crops, their mirror images) and a cross-fitted branch's fold branches (FoldAverage)
+        as tasks of their own: for a photo's few faces that is the faster way to use several
+        cores: a batch-1 conv gains almost nothing from a second intra-op thread, two at once
+        nearly halve the time. The mean of the tasks' blocks is the mean over all views and
+        folds, as without a pool (a block is linear in the branch's outputs)."""
         if pool is None:
             blocks = [self.branch_block(*args)[0] for args in zip(self.regions, self.branches, views)]
             return torch.stack(blocks, 1)
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-        tasks = [(region, branch, half) for region, branch, images in zip(self.regions, self.branches, views)
+        tasks = [(region, part, half) for region, branch, images in zip(self.regions, self.branches, views)
+                 for part in self.parts(branch)
                  for half in ([images, images.flip(-1)] if region in self.mirrored else [images])]
 
         def in_caller_mode(task) -> torch.Tensor:
@@ -166,6 +168,15 @@ class FusedModel(nn.Module):
         blocks = [torch.stack([h for (r, _, _), h in zip(tasks, halves) if r == region]).mean(0)
                   for region in self.regions]
         return torch.stack(blocks, 1)
+
+    @staticmethod
+    def parts(branch: nn.Module) -> list[nn.Module]:
+        """What of a branch runs as a task of its own: a FoldAverage's members, else the branch."""
+        return list(branch.members) if isinstance(branch, FoldAverage) else [branch]
+
+    def task_count(self) -> int:
+        """How many tasks ``features`` gives a pool."""
+        return sum(len(self.parts(b)) * (2 if r in self.mirrored else 1) for r, b in zip(self.regions, self.branches))
 
     def branch_block(self, region: str, branch: nn.Module, images: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -207,10 +218,15 @@ class FusedModel(nn.Module):
                     warnings.simplefilter("ignore", FutureWarning)
                     # the residuals' padding reads shapes: constants at the branch's one size
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    traced.append(torch.jit.freeze(torch.jit.trace(branch.eval(), example, strict=False)))
+                    parts = [torch.jit.freeze(torch.jit.trace(part.eval(), example, strict=False))
+                             for part in self.parts(branch)]
             except (AttributeError, RuntimeError) as err:
                 warnings.warn(f"the branches run untraced (TorchScript failed: {err})")
                 return self
+            if isinstance(branch, FoldAverage):  # its members traced apart, so a pool still runs them apart
+                branch.members = nn.ModuleList(parts)
+                parts = [branch]
+            traced.extend(parts)
         self.branches = nn.ModuleList(traced)
         return self
 

@@ -75,8 +75,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
     """A pool that runs the branches side by side (see FusedModel.features), with torch's
-    own threads shared out among them; None for one core. A mirrored branch is two tasks."""
-    workers = min(threads, len(model.regions) + len(getattr(model, "mirrored", ())))
+    own threads shared out among them; None for one core. A mirrored branch is two tasks, a
+    cross-fitted one a task per fold branch."""
+    tasks = (model.task_count() if hasattr(model, "task_count")  # an OnnxModel runs as one graph
+             else len(model.regions) + len(getattr(model, "mirrored", ())))
+    workers = min(threads, tasks)
     torch.set_num_threads(max(1, threads // max(workers, 1)))
     return ThreadPoolExecutor(workers, thread_name_prefix="branch") if workers > 1 else None
 

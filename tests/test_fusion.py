@@ -410,6 +410,16 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
     np.testing.assert_allclose(block.numpy(), torch.stack(expected).mean(0).numpy(), atol=1e-5)
     np.testing.assert_allclose(folded.numpy(), block.numpy(), atol=1e-3)
     assert not np.allclose(expected[0].numpy(), expected[1].numpy(), atol=1e-3)  # two different branches
+    # side by side (as predict runs it, traced) each fold branch is a task of its own, with the same features
+    model = load_fused(tmp_path / "fused" / "fused.pt")[0].trace_branches()
+    assert model.task_count() == len(model.regions) + 1
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            side_by_side = model.features(inputs, predict.branch_pool(model, threads=2))[:, region]
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(side_by_side.numpy(), block.numpy(), atol=1e-3)
     # cross-fitting without fold branches is refused in one line
     refused = subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "refused"),
                               "--cross-fit"], cwd=ROOT, capture_output=True, text=True)
