@@ -13,7 +13,8 @@ comma-separated:
   branch's own outputs on its training faces instead;
 - ``cross-fit``: the validation faces of every out-of-fold region are scored by the mean of
   its fold branches (``agefuse-train-fusion --cross-fit``), not by the full branch;
-- ``--OPTION=VALUE``: one of the head's ``agefuse-train-fusion`` settings changed (``--alpha=0.5``).
+- ``--OPTION=VALUE``: one of the head's ``agefuse-train-fusion`` settings changed (``--alpha=0.5``;
+  ``--no-separate-gender`` for an on/off one).
 Each variant's head is trained with the run's own fusion settings (its ``fused.pt`` config)
 once per seed; the table gives each seed's MAE and worst decade 0-89, the median seed's other
 figures, and its margin below the run's best branch alone. A seed's head starts from other
@@ -38,10 +39,11 @@ from branches import read_torch_file  # noqa: E402
 from fusion.features import averaged_branch, extract, fold_branches  # noqa: E402
 from fusion.metrics import age_report, gender_report, interval_coverage  # noqa: E402
 from fusion.model import FusedModel, create_head, in_calibration_half, load_fused  # noqa: E402
-from fusion.train import fit_head, fit_temperature, tensors  # noqa: E402
+from fusion.train import fit_head, fit_temperature, get_args_parser as fusion_parser, tensors  # noqa: E402
 from regions import manifest, read_settings  # noqa: E402
 
 DECADES_0_89 = [f"{10 * d}-{10 * d + 9}" for d in range(9)]
+FINGERPRINT = "[0-9a-f]" * 16  # fusion.features.fingerprint: keeps features-train-* from matching the oof blocks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="0,1,2", help="the head's seeds, comma-separated")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
     return parser
+
+
+def head_options(config: dict, tokens: list[str], spec: str) -> argparse.Namespace:
+    """The run's head settings with a variant's ``--OPTION=VALUE`` tokens read by
+    agefuse-train-fusion's own parser, so they are checked and typed as there
+    (``--no-separate-gender``, not ``--separate-gender=false``)."""
+    parser = argparse.ArgumentParser(prog=f"--variant {spec}", add_help=False)
+    for action in fusion_parser(add_help=False)._actions:
+        if action.dest in config and not action.required:
+            parser._add_action(action)
+    # argparse keeps what the namespace already holds, so only the tokens change the run's settings
+    return parser.parse_args(tokens, namespace=argparse.Namespace(**config))
 
 
 def cached(folder: Path, pattern: str) -> dict[str, np.ndarray]:
@@ -92,19 +106,19 @@ def score(model: FusedModel, val: dict) -> dict:
 def main(args: argparse.Namespace) -> int:
     fused = args.run / "fused"
     state = read_torch_file(fused / "fused.pt", "agefuse model")
-    config = argparse.Namespace(**{"heads": 1, **state["config"]})  # a run from before --heads had one
+    config = {"heads": 1, **state["config"]}  # a run from before --heads had one
     summary = json.loads((fused / "fusion.json").read_text())
     cache = args.run / "cache"
     base, _ = load_fused(fused / "fused.pt", fold=False)
     regions = base.regions
-    mirrored = "-mirrored" if base.mirror else ""
-    train = cached(fused, f"features-train{mirrored}-*.npz")
+    mirrored = "-mirrored" if base.mirrored else ""  # as fusion.features.split_features names them
+    train = cached(fused, f"features-train{mirrored}-{FINGERPRINT}.npz")
     own = train["features"].copy()
     for region in summary.get("out_of_fold", {}):  # what the run's head learned from
-        block = cached(fused, f"features-train-oof-{region}{'-mirrored' if region in base.mirrored else ''}-*.npz")
+        block = cached(fused, f"features-train-oof-{region}{'-mirrored' if region in base.mirrored else ''}-{FINGERPRINT}.npz")
         position = {face: n for n, face in enumerate(block["id"])}
         train["features"][:, regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
-    val = cached(fused, f"features-val{mirrored}-*.npz")
+    val = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
     crossfit = None
     best_branch = min(summary["branch_val_mae"].items(), key=lambda item: item[1])
     age_groups = manifest.parse_age_groups(read_settings(cache).age_groups)
@@ -118,11 +132,10 @@ def main(args: argparse.Namespace) -> int:
     for spec in args.variant or ["every branch="]:
         name, _, tokens = spec.partition("=")
         tokens = [t.strip() for t in tokens.split(",") if t.strip()]
-        settings = {t[2:].partition("=")[0].replace("-", "_"): t.partition("=")[2] for t in tokens if t.startswith("--")}
+        head_args = head_options(config, [t for t in tokens if t.startswith("--")], spec)
         tokens = [t for t in tokens if not t.startswith("--")]
         unknown = [t for t in tokens if not (t == "cross-fit" or t.lstrip("-") in regions
                                             or (t.startswith("own:") and t[4:] in summary.get("out_of_fold", {})))]
-        unknown += [f"--{k}" for k in settings if k not in vars(config)]
         if unknown:
             raise SystemExit(f"error: --variant {spec}: {', '.join(unknown)} (regions: {', '.join(regions)}; "
                              f"out of fold: {', '.join(summary.get('out_of_fold', {})) or 'none'})")
@@ -143,10 +156,10 @@ def main(args: argparse.Namespace) -> int:
         for seed in seeds:
             model = copy.deepcopy(base)  # the branches are not run: only the head is new
             torch.manual_seed(seed)
-            head_args = {**vars(config), **{k: type(getattr(config, k))(v) for k, v in settings.items()}, "seed": seed}
+            head_args.seed = seed
             model.head = create_head(len(regions) * (base.block.width + 1), int(base.ages[-1]),
-                                     base.head.separate_gender, head_args["heads"])
-            fit_head(model, variant_train, variant_val, argparse.Namespace(**head_args),
+                                     head_args.separate_gender, head_args.heads)
+            fit_head(model, variant_train, variant_val, head_args,
                      age_groups, torch.device("cpu"), log=None)
             results.append(score(model, variant_val))
         median = sorted(results, key=lambda r: r["mae"])[len(results) // 2]

@@ -61,11 +61,11 @@ def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -
     if expected_model_args is not None:
         # both sides filled from the defaults, so a key added since either was written is no difference
         expected = {**MODEL_ARG_DEFAULTS, **expected_model_args}
-        differ = {k: (state["model_args"].get(k), v) for k, v in expected.items() if state["model_args"].get(k) != v}
-        differ.update({k: (v, None) for k, v in state["model_args"].items() if k not in expected})
+        saved = state["model_args"]
+        differ = [f"{k} is {saved.get(k)!r} there, {v!r} here" for k, v in expected.items() if saved.get(k) != v]
+        differ += [f"{k} is {v!r} there, not set here" for k, v in saved.items() if k not in expected]
         if differ:
-            raise CheckpointError(f"{path} is from another model: " + ", ".join(
-                f"{k} is {old!r} there, {new!r} here" for k, (old, new) in differ.items()))
+            raise CheckpointError(f"{path} is from another model: " + ", ".join(differ))
     return state
 
 

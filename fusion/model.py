@@ -208,7 +208,7 @@ class FusedModel(nn.Module):
         GIL (bench/branch_latency.py). Outputs are the same (tests/test_fusion.py).
         Trace last: after ``.to(device)`` and ``.eval()``; a traced model is not for saving.
         Where tracing fails (a torch without TorchScript), a warning, and the plain branches."""
-        traced = []
+        traced = []  # (branch, its traced parts): swapped in only once every branch has traced
         for branch, size in zip(self.branches, self.image_sizes):
             example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.ages.device)
             try:
@@ -223,11 +223,12 @@ class FusedModel(nn.Module):
             except (AttributeError, RuntimeError) as err:
                 warnings.warn(f"the branches run untraced (TorchScript failed: {err})")
                 return self
+            traced.append((branch, parts))
+        for branch, parts in traced:
             if isinstance(branch, FoldAverage):  # its members traced apart, so a pool still runs them apart
                 branch.members = nn.ModuleList(parts)
-                parts = [branch]
-            traced.extend(parts)
-        self.branches = nn.ModuleList(traced)
+        self.branches = nn.ModuleList(branch if isinstance(branch, FoldAverage) else parts[0]
+                                      for branch, parts in traced)
         return self
 
     def outputs(self, views: list[torch.Tensor], present: torch.Tensor,
@@ -272,6 +273,14 @@ def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) ->
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def head_count(weights: dict) -> int:
+    """How many heads a saved model averages (HeadAverage: ``head.members.<n>.``); 1 for one head."""
+    members = {int(k.split(".")[2]) for k in weights if k.startswith("head.members.")}
+    if members and members != set(range(max(members) + 1)):
+        raise ValueError(f"its heads are numbered {sorted(members)}, not 0 to {len(members) - 1}")
+    return len(members) or 1
 
 
 def check_shapes(model: FusedModel, weights: dict, path) -> None:
@@ -331,7 +340,7 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
                            mirror=state.get("mirror", False) is True,
                            separate_gender=any(k.startswith(("head.gender_body.", "head.members.0.gender_body."))
                                                for k in state["model"]),
-                           heads=len({k.split(".")[2] for k in state["model"] if k.startswith("head.members.")}) or 1)
+                           heads=head_count(state["model"]))
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: not an agefuse fused model (its fields do not fit: {err!r:.120})") from None
     check_shapes(model, state["model"], path)

@@ -77,9 +77,7 @@ def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
     """A pool that runs the branches side by side (see FusedModel.features), with torch's
     own threads shared out among them; None for one core. A mirrored branch is two tasks, a
     cross-fitted one a task per fold branch."""
-    tasks = (model.task_count() if hasattr(model, "task_count")  # an OnnxModel runs as one graph
-             else len(model.regions) + len(getattr(model, "mirrored", ())))
-    workers = min(threads, tasks)
+    workers = min(threads, model.task_count())
     torch.set_num_threads(max(1, threads // max(workers, 1)))
     return ThreadPoolExecutor(workers, thread_name_prefix="branch") if workers > 1 else None
 

@@ -121,6 +121,12 @@ def test_checkpoint_from_another_model_is_refused(sample_cache, tmp_path):
         train.main(train.get_args_parser().parse_args(
             ["--cache", str(sample_cache), "--region", "face", "--out", str(out), "--model", "resnet18",
              "--image-size", "32", "--workers", "0", "--resume", "--max-rounds", "3"]))
+    # a setting only the checkpoint has (written by a newer agefuse) is named, not taken as the same model
+    state = torch.load(out / "last.pt", weights_only=False)
+    state["model_args"]["future_setting"] = 3
+    torch.save(state, out / "newer.pt")
+    with pytest.raises(CheckpointError, match="future_setting is 3 there, not set here"):
+        load_checkpoint(out / "newer.pt", {k: v for k, v in state["model_args"].items() if k != "future_setting"})
 
 
 def test_head_lr_moves_the_new_layers_at_their_own_rate(sample_cache, tmp_path):

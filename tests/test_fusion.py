@@ -16,7 +16,7 @@ from fusion import evaluate, export, metrics, predict
 from branches import load_branch
 from branches.data import cache_rows
 from fusion.features import batch_inputs, extract, fingerprint, read_crops
-from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, load_fused
+from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
 from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
@@ -424,3 +424,21 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
     refused = subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "refused"),
                               "--cross-fit"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "--cross-fit" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_head_average_is_the_mean_of_its_heads_probabilities():
+    torch.manual_seed(0)
+    heads = [FusionHead(12, max_age=20).eval() for _ in range(3)]
+    features = torch.randn(5, 12)
+    with torch.no_grad():
+        age, gender = HeadAverage(heads).eval()(features)
+        outputs = [head(features) for head in heads]
+    np.testing.assert_allclose(age.softmax(1).numpy(), np.mean([a.softmax(1).numpy() for a, _ in outputs], 0),
+                               atol=1e-6)
+    np.testing.assert_allclose(torch.sigmoid(gender).numpy(),
+                               np.mean([torch.sigmoid(g).numpy() for _, g in outputs], 0), atol=1e-6)
+    # a saved model's heads are counted from its keys, and a gap among them is named
+    assert head_count({"head.age.bias": 0}) == 1
+    assert head_count({f"head.members.{n}.age.bias": 0 for n in range(3)}) == 3
+    with pytest.raises(ValueError, match=r"numbered \[0, 2\]"):
+        head_count({"head.members.0.age.bias": 0, "head.members.2.age.bias": 0})
