@@ -115,7 +115,8 @@ def main(args: argparse.Namespace) -> int:
     train = cached(fused, f"features-train{mirrored}-{FINGERPRINT}.npz")
     own = train["features"].copy()
     for region in summary.get("out_of_fold", {}):  # what the run's head learned from
-        block = cached(fused, f"features-train-oof-{region}{'-mirrored' if region in base.mirrored else ''}-{FINGERPRINT}.npz")
+        flipped = "-mirrored" if region in base.mirrored else ""
+        block = cached(fused, f"features-train-oof-{region}{flipped}-{FINGERPRINT}.npz")
         position = {face: n for n, face in enumerate(block["id"])}
         train["features"][:, regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
     val = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
