@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression, QuantileRegressor
 from sklearn.model_selection import KFold
 
 from branches import MIRROR_INVARIANT
-from fusion import BranchBlock, oof_path
+from fusion import BranchBlock, oof_path, read_features
 
 FOLDS = 5
 
@@ -56,11 +56,12 @@ def cached_features(fused: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     if train is None or not train.is_file():
         raise SystemExit(f"error: {fused}: no cached training and validation features of the same branches; "
                          f"run the recipe's fusion stage first")
-    splits = []
-    for path in (train, paths[-1]):
-        with np.load(path) as data:
-            splits.append(dict(data))
-    return splits[0], splits[1], "-mirrored-" in paths[-1].name
+    (train_data, not_run), (val_data, _) = read_features(train), read_features(paths[-1])
+    if not_run:
+        raise SystemExit(f"error: {train}: the {', '.join(sorted(not_run))} branches were not run over the training "
+                         f"faces (out of fold: their blocks are in features-train-oof-*); this bench reads full "
+                         f"branches only (bench/fusion_subsets.py reads the out-of-fold blocks)")
+    return train_data, val_data, "-mirrored-" in paths[-1].name
 
 
 def l1_blend(x: np.ndarray, y: np.ndarray) -> QuantileRegressor:

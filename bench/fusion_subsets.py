@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from branches import read_torch_file  # noqa: E402
-from fusion.features import averaged_branch, extract, fold_branches  # noqa: E402
+from fusion.features import averaged_branch, extract, fold_branches, read_features  # noqa: E402
 from fusion.metrics import age_report, gender_report, interval_coverage  # noqa: E402
 from fusion.model import FusedModel, create_head, in_calibration_half, load_fused  # noqa: E402
 from fusion.train import fit_head, fit_temperature, get_args_parser as fusion_parser, tensors  # noqa: E402
@@ -68,12 +68,15 @@ def head_options(config: dict, tokens: list[str], spec: str) -> argparse.Namespa
     return parser.parse_args(tokens, namespace=argparse.Namespace(**config))
 
 
-def cached(folder: Path, pattern: str) -> dict[str, np.ndarray]:
+def cached(folder: Path, pattern: str) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """The one file of ``pattern``: its arrays, and the regions it skipped (fusion.features.read_features)."""
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         raise SystemExit(f"error: {folder}: {len(found)} files match {pattern}, expected 1 (run the recipe first)")
-    with np.load(found[0]) as data:
-        return dict(data)
+    if found[0].name.startswith("features-train-oof-"):
+        with np.load(found[0]) as data:
+            return dict(data), frozenset()
+    return read_features(found[0])
 
 
 def crossfit_blocks(model: FusedModel, cache: Path, val: dict, out_of_fold: dict, branch_args: dict) -> dict:
@@ -112,14 +115,14 @@ def main(args: argparse.Namespace) -> int:
     base, _ = load_fused(fused / "fused.pt", fold=False)
     regions = base.regions
     mirrored = "-mirrored" if base.mirrored else ""  # as fusion.features.split_features names them
-    train = cached(fused, f"features-train{mirrored}-{FINGERPRINT}.npz")
+    train, not_run = cached(fused, f"features-train{mirrored}-{FINGERPRINT}.npz")
     own = train["features"].copy()
     for region in summary.get("out_of_fold", {}):  # what the run's head learned from
         flipped = "-mirrored" if region in base.mirrored else ""
-        block = cached(fused, f"features-train-oof-{region}{flipped}-{FINGERPRINT}.npz")
+        block, _ = cached(fused, f"features-train-oof-{region}{flipped}-{FINGERPRINT}.npz")
         position = {face: n for n, face in enumerate(block["id"])}
         train["features"][:, regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
-    val = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
+    val, _ = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
     crossfit = None
     best_branch = min(summary["branch_val_mae"].items(), key=lambda item: item[1])
     age_groups = manifest.parse_age_groups(read_settings(cache).age_groups)
@@ -137,6 +140,8 @@ def main(args: argparse.Namespace) -> int:
         tokens = [t for t in tokens if not t.startswith("--")]
         unknown = [t for t in tokens if not (t == "cross-fit" or t.lstrip("-") in regions
                                             or (t.startswith("own:") and t[4:] in summary.get("out_of_fold", {})))]
+        unknown += [f"{t} (the run never ran that branch over the training faces: its out-of-fold block stood in)"
+                    for t in tokens if t.startswith("own:") and t[4:] in not_run]
         if unknown:
             raise SystemExit(f"error: --variant {spec}: {', '.join(unknown)} (regions: {', '.join(regions)}; "
                              f"out of fold: {', '.join(summary.get('out_of_fold', {})) or 'none'})")

@@ -18,12 +18,14 @@ Offers:
   ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
 - ``oof_path(out, cache, region, mirrored, checkpoints)``: where agefuse-train-fusion
   ``--out-of-fold`` caches a region's training features from its fold branches;
+- ``read_features(path)``: a cached ``features-<split>-*.npz`` and the regions whose blocks it
+  left zero (out of fold: their branches never ran over the training faces);
 - ``train_fusion_parser()``, ``train_joint_parser()``: the agefuse-train-fusion and
   agefuse-train-joint parsers (recipes check their options on them).
 """
 import importlib
 
-from .features import oof_path
+from .features import oof_path, read_features
 from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
 
 # the commands' modules load on first use, so ``python -m fusion.predict`` (or train) does
@@ -50,5 +52,5 @@ def train_joint_parser():
 
 
 __all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "find_faces", "load_fused", "oof_path", "predict_faces", "train_fusion_parser",
+           "estimate", "find_faces", "load_fused", "oof_path", "predict_faces", "read_features", "train_fusion_parser",
            "train_joint_parser"]

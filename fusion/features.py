@@ -81,13 +81,26 @@ def fingerprint(cache: Path, checkpoints: dict[str, Path]) -> str:
 
 @torch.inference_mode()
 def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 128,
-            device: torch.device = torch.device("cpu"), desc: str = "features") -> dict[str, np.ndarray]:
+            device: torch.device = torch.device("cpu"), desc: str = "features",
+            skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """The model's branch features of ``rows``. The branches of ``skip`` are not run: their
+    blocks stay zero (their presence flags are still read), for a caller that fills them in
+    from elsewhere (``out_of_fold``)."""
     features, present = [], []
     names = crops_read(model.regions)  # a fold branch's pass over the training faces decodes its one crop
+    running = [r not in skip for r in model.regions]
+    runner = (model if all(running) else None if not any(running) else
+              FusedModel({r: b for r, b, run in zip(model.regions, model.branches, running) if run},
+                         {r: s for r, s, run in zip(model.regions, model.image_sizes, running) if run},
+                         mirror=model.mirror))
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=None):
         faces = [read_crops(cache, row, names) for row in rows[start:start + batch_size]]
         inputs, mask = batch_inputs(model, faces)
-        features.append(model.features([x.to(device) for x in inputs]).float().cpu())
+        block = torch.zeros(len(faces), len(model.regions), model.block.width)
+        if runner is not None:
+            kept = [x.to(device) for x, run in zip(inputs, running) if run]
+            block[:, torch.tensor(running)] = runner.features(kept).float().cpu()
+        features.append(block)
         present.append(mask)
     return {"features": torch.cat(features).numpy(), "present": torch.cat(present).numpy(),
             "age": np.array([r["age"] for r in rows], np.float32),
@@ -98,26 +111,38 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
 
 
 def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict[str, Path], out: Path,
-                   device: torch.device = torch.device("cpu"), fusion_holdout: float = 0.0) -> dict[str, np.ndarray]:
+                   device: torch.device = torch.device("cpu"), fusion_holdout: float = 0.0,
+                   skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """The split's features, from ``out`` when already computed for these branches. With a
-    ``fusion_holdout``, only the training faces the branches were kept from."""
+    ``fusion_holdout``, only the training faces the branches were kept from. The branches of
+    ``skip`` are not run (``extract``): their blocks are zero, for the caller to fill in; a
+    cached file is read back only if it skipped none that the caller needs."""
     name = split if fusion_holdout <= 0 else f"{split}-holdout{fusion_holdout:g}"
     name += "-mirrored" if model.mirrored else ""
     path = out / f"features-{name}-{fingerprint(cache, checkpoints)}.npz"
     if path.is_file():
-        with np.load(path) as data:
-            return dict(data)
+        data, skipped = read_features(path)
+        if skipped <= skip:
+            return data
     rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split
             and r.get("age") is not None
             and (fusion_holdout <= 0 or manifest.in_fusion_holdout(r["id"], fusion_holdout))]
     if not rows:
         raise ValueError(f"{cache}: the {split!r} split is empty")
-    data = extract(model, cache, rows, device=device, desc=f"{split} features")
+    data = extract(model, cache, rows, device=device, desc=f"{split} features", skip=skip)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **data)
+    np.savez(tmp, **data, skipped=np.array(sorted(skip), dtype=str))
     tmp.replace(path)
     return data
+
+
+def read_features(path: Path) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """A ``split_features`` file: its per-face arrays, and the regions whose blocks were not
+    computed (zero; none in a file from before it could skip)."""
+    with np.load(path) as data:
+        faces = {k: data[k] for k in data.files if k != "skipped"}
+        return faces, frozenset(data["skipped"].tolist() if "skipped" in data.files else ())
 
 
 # what a fold branch may differ in from the branch it stands in for

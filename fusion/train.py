@@ -287,7 +287,8 @@ def main(args: argparse.Namespace) -> int:
     if holdout > 0 and folds:
         raise ValueError("--out-of-fold with branches trained with --fusion-holdout: the head already learns "
                          "from faces they left out; use one or the other")
-    train = split_features(model, cache, "train", paths, out, device, holdout)
+    # the out-of-fold regions' blocks are replaced below: their own branches need not see the training faces
+    train = split_features(model, cache, "train", paths, out, device, holdout, skip=frozenset(folds))
     for region, fold_checkpoints in folds.items():
         train["features"][:, model.regions.index(region)] = out_of_fold(
             model, cache, train, region, fold_models[region], fold_checkpoints, out, device)

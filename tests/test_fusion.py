@@ -15,7 +15,7 @@ from bootstrap import group_weights
 from fusion import evaluate, export, metrics, predict
 from branches import load_branch
 from branches.data import cache_rows
-from fusion.features import batch_inputs, extract, fingerprint, read_crops
+from fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
 from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
 from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
@@ -382,6 +382,32 @@ def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(
                                  cwd=ROOT, capture_output=True, text=True)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
         assert not list((tmp_path / "refused").glob("features-*"))
+
+
+def test_an_out_of_fold_regions_branch_is_not_run_over_the_training_faces(sample_fused, sample_cache, eyes_folds,
+                                                                          tmp_path):
+    # the head learns the eyes' training block from the fold branches, so the full eyes branch
+    # need not see the training faces: in cpu-long that was most of the fusion stage's time
+    spec = ",".join(f"{r}={p}" for r, p in json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"].items())
+    command = [sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+               "--out", str(tmp_path / "fused"), "--epochs", "1"]
+    subprocess.run(command + ["--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}"],
+                   cwd=ROOT, check=True, capture_output=True)
+    (path,) = [p for p in (tmp_path / "fused").glob("features-train-*.npz") if "oof" not in p.name]
+    data, skipped = read_features(path)
+    reference, reference_skipped = read_features(Path(sample_fused).parent / path.name)  # the same branches, all run
+    model, _ = load_fused(tmp_path / "fused" / "fused.pt")
+    eyes = model.regions.index("eyes")
+    others = [i for i in range(len(model.regions)) if i != eyes]
+    assert skipped == {"eyes"} and not reference_skipped
+    assert not data["features"][:, eyes].any() and reference["features"][:, eyes].any()
+    np.testing.assert_allclose(data["features"][:, others], reference["features"][:, others], atol=1e-5)
+    assert (data["present"] == reference["present"]).all() and data["present"][:, eyes].any()
+    # a later fusion that reads the full eyes branch on the training faces does not take that file
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    data, skipped = read_features(path)
+    assert not skipped
+    np.testing.assert_allclose(data["features"], reference["features"], atol=1e-5)
 
 
 def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(sample_fused, sample_cache, eyes_folds,
