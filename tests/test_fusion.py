@@ -18,7 +18,7 @@ from branches.data import cache_rows
 from fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
 from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
 from fusion.train import BestEpochs, epoch_order
-from conftest import ROOT, SAMPLE, link_images, manifest_rows, sample_files
+from conftest import ROOT, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
 
 
