@@ -13,6 +13,8 @@ Branch regions and the cache crops they read (``mirror``: flipped left-right fir
     original_alt2              the original crop for a third network (dlib's face-recognition
                ResNet beside the face-age ResNet and the gender CNN)
     face_chip  face_chip: the face framed as dlib's own 150-px chips (for dlib's networks)
+    face_chip_alt              the face_chip crop for a second network (dlib's face-age ResNet,
+               which dlib-models trained on such chips at 64 px)
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ BRANCH_REGIONS = {
     "original": (("original", False),),
     "face_alt": (("face", False),),
     "face_chip": (("face_chip", False),),
+    "face_chip_alt": (("face_chip", False),),
     "original_alt": (("original", False),),
     "original_alt2": (("original", False),),
 }

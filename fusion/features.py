@@ -88,19 +88,14 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
     from elsewhere (``out_of_fold``)."""
     features, present = [], []
     names = crops_read(model.regions)  # a fold branch's pass over the training faces decodes its one crop
-    running = [r not in skip for r in model.regions]
-    runner = (model if all(running) else None if not any(running) else
-              FusedModel({r: b for r, b, run in zip(model.regions, model.branches, running) if run},
-                         {r: s for r, s, run in zip(model.regions, model.image_sizes, running) if run},
-                         mirror=model.mirror))
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=None):
         faces = [read_crops(cache, row, names) for row in rows[start:start + batch_size]]
         inputs, mask = batch_inputs(model, faces)
-        block = torch.zeros(len(faces), len(model.regions), model.block.width)
-        if runner is not None:
-            kept = [x.to(device) for x, run in zip(inputs, running) if run]
-            block[:, torch.tensor(running)] = runner.features(kept).float().cpu()
-        features.append(block)
+        # FusedModel.features' blocks, one branch at a time (so a skipped one is not run)
+        blocks = [torch.zeros(len(faces), model.block.width) if region in skip else
+                  model.branch_block(region, branch, images.to(device))[0].float().cpu()
+                  for region, branch, images in zip(model.regions, model.branches, inputs)]
+        features.append(torch.stack(blocks, 1))
         present.append(mask)
     return {"features": torch.cat(features).numpy(), "present": torch.cat(present).numpy(),
             "age": np.array([r["age"] for r in rows], np.float32),

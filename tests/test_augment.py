@@ -64,7 +64,8 @@ def test_unknown_transform_and_missing_region_are_clear_errors(tmp_path):
 
 def test_a_further_network_on_a_crop_is_augmented_as_the_first():
     from branches import BRANCH_REGIONS
-    for alt, first in (("face_alt", "face"), ("original_alt", "original"), ("original_alt2", "original")):
+    for alt, first in (("face_alt", "face"), ("original_alt", "original"), ("original_alt2", "original"),
+                       ("face_chip_alt", "face_chip")):
         assert BRANCH_REGIONS[alt] == BRANCH_REGIONS[first]
         assert augment.describe(augment.build_pipeline(alt)) == augment.describe(augment.build_pipeline(first))
     assert augment.describe(augment.build_pipeline("face_alt", "light")) != augment.describe(augment.build_pipeline("face_alt"))

@@ -389,22 +389,26 @@ def test_an_out_of_fold_regions_branch_is_not_run_over_the_training_faces(sample
     # the head learns the eyes' training block from the fold branches, so the full eyes branch
     # need not see the training faces: in cpu-long that was most of the fusion stage's time
     spec = ",".join(f"{r}={p}" for r, p in json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"].items())
+    folds = ["--epochs", "2", "--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}"]
     command = [sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
-               "--out", str(tmp_path / "fused"), "--epochs", "1"]
-    subprocess.run(command + ["--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}"],
-                   cwd=ROOT, check=True, capture_output=True)
-    (path,) = [p for p in (tmp_path / "fused").glob("features-train-*.npz") if "oof" not in p.name]
+               "--out", str(tmp_path / "fresh")]
+    subprocess.run(command + folds, cwd=ROOT, check=True, capture_output=True)
+    (path,) = [p for p in (tmp_path / "fresh").glob("features-train-*.npz") if "oof" not in p.name]
     data, skipped = read_features(path)
     reference, reference_skipped = read_features(Path(sample_fused).parent / path.name)  # the same branches, all run
-    model, _ = load_fused(tmp_path / "fused" / "fused.pt")
+    model, _ = load_fused(tmp_path / "fresh" / "fused.pt")
     eyes = model.regions.index("eyes")
     others = [i for i in range(len(model.regions)) if i != eyes]
     assert skipped == {"eyes"} and not reference_skipped
     assert not data["features"][:, eyes].any() and reference["features"][:, eyes].any()
     np.testing.assert_allclose(data["features"][:, others], reference["features"][:, others], atol=1e-5)
     assert (data["present"] == reference["present"]).all() and data["present"][:, eyes].any()
+    # the head is the one it would be had the eyes branch run: skipping it draws no random numbers
+    reused, _ = load_fused(_fusion_again(sample_fused, sample_cache, tmp_path, *folds))
+    for name, weight in model.head.state_dict().items():
+        torch.testing.assert_close(weight, reused.head.state_dict()[name], atol=1e-5, rtol=0)
     # a later fusion that reads the full eyes branch on the training faces does not take that file
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(command + ["--epochs", "1"], cwd=ROOT, check=True, capture_output=True)
     data, skipped = read_features(path)
     assert not skipped
     np.testing.assert_allclose(data["features"], reference["features"], atol=1e-5)
