@@ -223,6 +223,9 @@ def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Names
                  log) -> BestEpochs:
     features, present, age, gender, age_range = tensors(train, device)
     val_tensors = tensors(val, device)
+    # the head's dropout draws from torch's global stream: seeded here, its masks do not depend
+    # on what ran before (fold branches' features computed now, or read from the cache)
+    torch.manual_seed(args.seed)
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=args.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
     generator = torch.Generator().manual_seed(args.seed)

@@ -403,10 +403,14 @@ def test_an_out_of_fold_regions_branch_is_not_run_over_the_training_faces(sample
     assert not data["features"][:, eyes].any() and reference["features"][:, eyes].any()
     np.testing.assert_allclose(data["features"][:, others], reference["features"][:, others], atol=1e-5)
     assert (data["present"] == reference["present"]).all() and data["present"][:, eyes].any()
-    # the head is the one it would be had the eyes branch run: skipping it draws no random numbers
+    # the head is the one it would be had the eyes branch run, and again when every feature is
+    # read back from the cache: what ran before it does not change its dropout
     reused, _ = load_fused(_fusion_again(sample_fused, sample_cache, tmp_path, *folds))
+    subprocess.run(command + folds, cwd=ROOT, check=True, capture_output=True)
+    cached, _ = load_fused(tmp_path / "fresh" / "fused.pt")
     for name, weight in model.head.state_dict().items():
         torch.testing.assert_close(weight, reused.head.state_dict()[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(weight, cached.head.state_dict()[name], atol=1e-5, rtol=0)
     # a later fusion that reads the full eyes branch on the training faces does not take that file
     subprocess.run(command + ["--epochs", "1"], cwd=ROOT, check=True, capture_output=True)
     data, skipped = read_features(path)
