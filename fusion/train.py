@@ -66,8 +66,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="gender gets layers of its own in the head, and each of age and gender is kept "
                              "from its own best epoch (by its own validation loss), not from the best of the sum")
     parser.add_argument("--heads", type=int_at_least(1), default=1,
-                        help="heads trained apart (head n draws its batches from seed --seed + n; their starting "
-                             "weights are drawn in turn from --seed) and averaged: a steadier head, "
+                        help="heads trained apart (head n draws its batches and dropout from seed --seed + n; "
+                             "their starting weights are drawn in turn from --seed) and averaged: a steadier head, "
                              "each one costing a head's training over the cached branch outputs (seconds to minutes)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=FusedModel.MIRROR,
                         help="the face, mouth and original branches also see their crop mirrored and average "
@@ -202,8 +202,9 @@ def fit_head(model: FusedModel, train: dict, val: dict, args: argparse.Namespace
     """The head trained on ``train``'s features as ``args`` say (--epochs, --lr, --batch-size,
     --branch-dropout, --alpha, --gender-weight, --separate-gender, --seed) and restored to its
     best epoch(s) by the loss on ``val``; what each head kept. Several heads (HeadAverage) are
-    trained one after the other, head n's batches from seed ``--seed`` + n (their starting
-    weights were drawn in turn when the HeadAverage was built). ``log``: each epoch's line, or None."""
+    trained one after the other, head n's batches and dropout from seed ``--seed`` + n (their
+    starting weights were drawn in turn when the HeadAverage was built). ``log``: each epoch's
+    line, or None."""
     together = model.head
     members = list(together.members) if isinstance(together, HeadAverage) else [together]
     kept = []
