@@ -16,7 +16,7 @@ from fusion import evaluate, export, metrics, predict
 from branches import load_branch
 from branches.data import cache_rows
 from fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
-from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, head_input, load_fused, median_age
+from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
 from fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, link_images, manifest_rows, sample_files
 from regions.manifest import hashed_share
@@ -47,34 +47,6 @@ def test_metrics_equal_scikit_learn():
     assert g["recall"] == pytest.approx(sk.recall_score(gender[known], guess))
     assert g["f1"] == pytest.approx(sk.f1_score(gender[known], guess))
     assert g["confusion"] == sk.confusion_matrix(gender[known], guess).tolist()
-
-
-def test_the_age_estimate_is_the_distributions_median():
-    ages = torch.arange(0, 101, dtype=torch.float32)
-    probabilities = torch.zeros(3, 101)
-    probabilities[0, [20, 30, 40]] = torch.tensor([0.3, 0.4, 0.3])  # symmetric: the middle year
-    probabilities[1, [10, 50]] = torch.tensor([0.6, 0.4])  # skewed: the expectation (26) is far from both
-    probabilities[2, 0] = 1.0  # all at birth: the middle of year 0's half-open span
-    assert median_age(probabilities, ages).tolist() == pytest.approx([30.0, 9.5 + 0.5 / 0.6, 0.0])
-    # a smooth distribution: half its mass lies on either side of the estimate, a sample's median agrees
-    logits = torch.distributions.Normal(37.0, 6.0).log_prob(ages)[None] + torch.linspace(0, 3, 101)[None]
-    smooth = logits.softmax(1)
-    estimate = median_age(smooth, ages).item()
-    samples = torch.multinomial(smooth[0], 200_000, replacement=True, generator=torch.Generator().manual_seed(0)).float()
-    samples += torch.rand(samples.shape, generator=torch.Generator().manual_seed(1)) - 0.5  # each year's mass spread over it
-    assert estimate == pytest.approx(samples.median().item(), abs=0.05)
-    assert estimate < (smooth * ages).sum().item()  # the tilt towards old ages pulls the mean, less the median
-
-
-def test_the_fused_models_age_is_its_heads_median(sample_fused, sample_cache):
-    model, _ = load_fused(sample_fused)
-    data, _ = read_features(next(sample_fused.parent.glob("features-val*.npz")))
-    features, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
-    with torch.no_grad():
-        logits, _ = model.head(head_input(features, present))
-        age = model.predict(features, present)["age"]
-    assert torch.allclose(age, median_age(logits.softmax(1), model.ages))
-    assert not torch.allclose(age, (logits.softmax(1) * model.ages).sum(1), atol=0.05)
 
 
 def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(sample_fused, sample_cache):
@@ -351,9 +323,7 @@ def test_averaged_heads_predict_the_mean_of_their_members(sample_fused, sample_c
             alone.append(model.predict(features, present))
             model.head = kept
     assert (alone[0]["age"] - alone[1]["age"]).abs().max() > 1e-3
-    with torch.inference_mode():  # the estimate: the median of the members' age distributions mixed
-        mixture = torch.stack([m(head_input(features, present))[0].softmax(1) for m in model.head.members]).mean(0)
-    assert torch.allclose(together["age"], median_age(mixture, model.ages), atol=1e-4)
+    assert torch.allclose(together["age"], torch.stack([a["age"] for a in alone]).mean(0), atol=1e-4)
     assert torch.allclose(together["gender_female"], torch.stack([a["gender_female"] for a in alone]).mean(0), atol=1e-5)
     # and it exports like a one-head model
     views, present = export.example_inputs(model, count=2, seed=1)
