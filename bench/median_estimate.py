@@ -1,0 +1,105 @@
+"""The age distribution's median against its expectation as the point estimate, for a run's
+fused model and for each branch alone, on its validation faces.
+
+The fused model and its branches estimate age by the expectation of a distribution over
+0..100; for the absolute error the median is the best single guess. Whether the fusion's margin
+over its best branch survives the change can only be told with both scored the same way, so
+this bench runs the branches themselves (their fold branches mixed, the mirrored views too, as
+the fused model's features do) rather than reading the cached expectations.
+
+    python bench/median_estimate.py --run bench/out/cpu-long-v9 --regions face_chip,original_alt2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from branches import AGE, AGE_LOGITS, MIRROR_INVARIANT, load_branch  # noqa: E402
+from branches.data import cache_rows  # noqa: E402
+from fusion import read_features  # noqa: E402
+from fusion.features import read_crops, views_of  # noqa: E402
+from fusion.model import head_input, load_fused  # noqa: E402
+
+
+def median_age(probabilities: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+    """The age that halves each row of (N, A) ``probabilities``, each whole year's mass spread
+    evenly over the year around it (so the estimate moves smoothly with the distribution)."""
+    cdf = probabilities.cumsum(1)
+    year = (cdf < 0.5).sum(1, keepdim=True).clamp(max=probabilities.shape[1] - 1)
+    mass = probabilities.gather(1, year)
+    below = cdf.gather(1, year) - mass
+    return (ages[year] - 0.5 + (0.5 - below) / mass.clamp(min=1e-12)).squeeze(1)
+
+
+def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
+    error = np.abs(predicted - true)
+    decades = {d: error[(true >= d) & (true < d + 10)].mean() for d in range(0, 90, 10)}
+    worst = max(decades, key=decades.get)
+    print(f"  {name:12s} MAE {error.mean():.3f}  CS@5 {(error <= 5).mean():.1%}  "
+          f"worst decade 0-89 {worst}-{worst + 9} ({decades[worst]:.2f})", flush=True)
+    return float(error.mean())
+
+
+def fused(run: Path) -> dict[str, float]:
+    model, _ = load_fused(run / "fused" / "fused.pt", fold=False)
+    mirrored = "-mirrored" if model.mirrored else ""
+    data, _ = read_features(next((run / "fused").glob(f"features-val{mirrored}-*.npz")))
+    with torch.inference_mode():
+        logits, _ = model.head(head_input(torch.from_numpy(data["features"]), torch.from_numpy(data["present"])))
+        probabilities = logits.softmax(1)
+    print(f"fused ({len(data['age'])} validation faces)")
+    return {"expectation": report("expectation", data["age"], (probabilities * model.ages).sum(1).numpy()),
+            "median": report("median", data["age"], median_age(probabilities, model.ages).numpy())}
+
+
+def branch(run: Path, region: str, batch_size: int = 64) -> dict[str, float]:
+    paths = sorted((run / "branches").glob(f"{region}-fold*of*/best.pt")) or [run / "branches" / region / "best.pt"]
+    members = [load_branch(path) for path in paths]
+    size, ages = members[0][1]["image_size"], members[0][0].ages
+    rows = cache_rows(run / "cache", region, "val")
+    expectation, median = [], []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = [views_of(region, read_crops(run / "cache", row), size) for row in rows[start:start + batch_size]]
+            images = torch.from_numpy(np.concatenate(batch))
+            copies = 2 if region in MIRROR_INVARIANT else 1
+            if copies == 2:
+                images = torch.cat([images, images.flip(3)])
+            outs = [model(images) for model, _ in members]
+
+            def per_face(t):  # the mean over the members' (already stacked) copies and each face's views
+                return t.view(copies, len(batch), len(batch[0]), *t.shape[1:]).mean((0, 2))
+            expectation.append(per_face(torch.stack([o[AGE] for o in outs]).mean(0)).numpy())
+            mixture = per_face(torch.stack([o[AGE_LOGITS].float().softmax(1) for o in outs]).mean(0))
+            median.append(median_age(mixture, ages).numpy())
+    true = np.array([row["age"] for row in rows], float)
+    print(f"{region} alone ({len(paths)} file(s), {len(rows)} validation faces)")
+    return {"expectation": report("expectation", true, np.concatenate(expectation)),
+            "median": report("median", true, np.concatenate(median))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
+    parser.add_argument("--regions", required=True, help="comma-separated branch regions to score alone")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    scores = {"fused": fused(args.run)}
+    for region in args.regions.split(","):
+        scores[region] = branch(args.run, region)
+    for estimate in ("expectation", "median"):
+        best = min((r for r in scores if r != "fused"), key=lambda r: scores[r][estimate])
+        margin = 1 - scores["fused"][estimate] / scores[best][estimate]
+        print(f"by the {estimate}: fused {scores['fused'][estimate]:.3f}, best branch {best} "
+              f"{scores[best][estimate]:.3f}, fused {margin:.1%} lower")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
