@@ -8,10 +8,14 @@ this bench runs the branches themselves (their fold branches mixed, the mirrored
 the fused model's features do) rather than reading the cached expectations.
 
     python bench/median_estimate.py --run bench/out/cpu-long-v9 --regions face_chip,original_alt2
+
+Run it from the folder the run was made in: the branch paths are read from the run's
+``fused/fusion.json`` as they were given.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from branches import AGE, AGE_LOGITS, MIRROR_INVARIANT, load_branch  # noqa: E402
 from branches.data import cache_rows  # noqa: E402
 from fusion import read_features  # noqa: E402
-from fusion.features import read_crops, views_of  # noqa: E402
+from fusion.features import fingerprint, read_crops, views_of  # noqa: E402
 from fusion.model import head_input, load_fused  # noqa: E402
 
 
@@ -33,7 +37,7 @@ def median_age(probabilities: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
     year = (cdf < 0.5).sum(1, keepdim=True).clamp(max=probabilities.shape[1] - 1)
     mass = probabilities.gather(1, year)
     below = cdf.gather(1, year) - mass
-    return (ages[year] - 0.5 + (0.5 - below) / mass.clamp(min=1e-12)).squeeze(1)
+    return (ages[year] - 0.5 + ((0.5 - below) / mass.clamp(min=1e-12)).clamp(0, 1)).squeeze(1)
 
 
 def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
@@ -45,10 +49,10 @@ def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
     return float(error.mean())
 
 
-def fused(run: Path) -> dict[str, float]:
-    model, _ = load_fused(run / "fused" / "fused.pt", fold=False)
-    mirrored = "-mirrored" if model.mirrored else ""
-    data, _ = read_features(next((run / "fused").glob(f"features-val{mirrored}-*.npz")))
+def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
+    # the fusion's own validation file, named as fusion.features.split_features names it
+    name = "val" + ("-mirrored" if model.mirrored else "")
+    data, _ = read_features(run / "fused" / f"features-{name}-{fingerprint(run / 'cache', checkpoints)}.npz")
     with torch.inference_mode():
         logits, _ = model.head(head_input(torch.from_numpy(data["features"]), torch.from_numpy(data["present"])))
         probabilities = logits.softmax(1)
@@ -57,8 +61,11 @@ def fused(run: Path) -> dict[str, float]:
             "median": report("median", data["age"], median_age(probabilities, model.ages).numpy())}
 
 
-def branch(run: Path, region: str, batch_size: int = 64) -> dict[str, float]:
-    paths = sorted((run / "branches").glob(f"{region}-fold*of*/best.pt")) or [run / "branches" / region / "best.pt"]
+def branch(run: Path, region: str, given: str | list[str], mirrored: set[str], batch_size: int = 64
+           ) -> dict[str, float]:
+    """``given``: the branch's checkpoint(s) as the fusion read them; ``mirrored``: the regions
+    whose crop the fused model also sees mirrored."""
+    paths = [Path(p) for p in ([given] if isinstance(given, str) else given)]
     members = [load_branch(path) for path in paths]
     size, ages = members[0][1]["image_size"], members[0][0].ages
     rows = cache_rows(run / "cache", region, "val")
@@ -67,7 +74,7 @@ def branch(run: Path, region: str, batch_size: int = 64) -> dict[str, float]:
         for start in range(0, len(rows), batch_size):
             batch = [views_of(region, read_crops(run / "cache", row), size) for row in rows[start:start + batch_size]]
             images = torch.from_numpy(np.concatenate(batch))
-            copies = 2 if region in MIRROR_INVARIANT else 1
+            copies = 2 if region in mirrored else 1
             if copies == 2:
                 images = torch.cat([images, images.flip(3)])
             outs = [model(images) for model, _ in members]
@@ -90,9 +97,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scores = {"fused": fused(args.run)}
+    model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
+    checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]  # paths as the run gave them
+    mirrored = set(MIRROR_INVARIANT) if model.mirrored else set()
+    scores = {"fused": fused(args.run, model, checkpoints)}
     for region in args.regions.split(","):
-        scores[region] = branch(args.run, region)
+        scores[region] = branch(args.run, region, checkpoints[region], mirrored)
     for estimate in ("expectation", "median"):
         best = min((r for r in scores if r != "fused"), key=lambda r: scores[r][estimate])
         margin = 1 - scores["fused"][estimate] / scores[best][estimate]
