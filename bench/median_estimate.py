@@ -27,6 +27,7 @@ from branches import AGE, AGE_LOGITS, MIRROR_INVARIANT, load_branch  # noqa: E40
 from branches.data import cache_rows  # noqa: E402
 from fusion import read_features  # noqa: E402
 from fusion.features import fingerprint, read_crops, views_of  # noqa: E402
+from fusion.metrics import age_report  # noqa: E402
 from fusion.model import head_input, load_fused  # noqa: E402
 
 
@@ -41,12 +42,12 @@ def median_age(probabilities: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
 
 
 def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
-    error = np.abs(predicted - true)
-    decades = {d: error[(true >= d) & (true < d + 10)].mean() for d in range(0, 90, 10)}
+    figures = age_report(true, predicted)
+    decades = {d: mae for d, mae in figures["mae_by_decade"].items() if d != "90+"}
     worst = max(decades, key=decades.get)
-    print(f"  {name:12s} MAE {error.mean():.3f}  CS@5 {(error <= 5).mean():.1%}  "
-          f"worst decade 0-89 {worst}-{worst + 9} ({decades[worst]:.2f})", flush=True)
-    return float(error.mean())
+    print(f"  {name:12s} MAE {figures['mae']:.3f}  CS@5 {figures['cs5']:.1%}  worst decade 0-89 {worst} ({decades[worst]:.2f})",
+          flush=True)
+    return figures["mae"]
 
 
 def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
