@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from branches import AGE, AGE_LOGITS, MIRROR_INVARIANT, load_branch  # noqa: E402
+from branches import AGE_LOGITS, load_branch  # noqa: E402
 from branches.data import cache_rows  # noqa: E402
 from fusion import read_features  # noqa: E402
-from fusion.features import fingerprint, read_crops, views_of  # noqa: E402
+from fusion.features import batch_inputs, crops_read, fingerprint, read_crops  # noqa: E402
 from fusion.metrics import age_report  # noqa: E402
-from fusion.model import head_input, load_fused  # noqa: E402
+from fusion.model import FusedModel, head_input, load_fused  # noqa: E402
 
 
 def median_age(probabilities: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
@@ -62,29 +62,27 @@ def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
             "median": report("median", data["age"], median_age(probabilities, model.ages).numpy())}
 
 
-def branch(run: Path, region: str, given: str | list[str], mirrored: set[str], batch_size: int = 64
-           ) -> dict[str, float]:
-    """``given``: the branch's checkpoint(s) as the fusion read them; ``mirrored``: the regions
-    whose crop the fused model also sees mirrored."""
+def branch(run: Path, region: str, given: str | list[str], mirror: bool, batch_size: int = 64) -> dict[str, float]:
+    """``given``: the branch's checkpoint(s) as the fusion read them; ``mirror``: whether the
+    fused model also sees crops mirrored. The views go through the fused model's own
+    ``branch_block``, so each face's are averaged as in the features the table reads."""
     paths = [Path(p) for p in ([given] if isinstance(given, str) else given)]
     members = [load_branch(path) for path in paths]
-    size, ages = members[0][1]["image_size"], members[0][0].ages
-    rows = cache_rows(run / "cache", region, "val")
+    single = FusedModel({region: members[0][0]}, {region: members[0][1]["image_size"]}, mirror=mirror)
+    rows, names = cache_rows(run / "cache", region, "val"), crops_read([region])
     expectation, median = [], []
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            batch = [views_of(region, read_crops(run / "cache", row), size) for row in rows[start:start + batch_size]]
-            images = torch.from_numpy(np.concatenate(batch))
-            copies = 2 if region in mirrored else 1
-            if copies == 2:
-                images = torch.cat([images, images.flip(3)])
-            outs = [model(images) for model, _ in members]
-
-            def per_face(t):  # the mean over the members' (already stacked) copies and each face's views
-                return t.view(copies, len(batch), len(batch[0]), *t.shape[1:]).mean((0, 2))
-            expectation.append(per_face(torch.stack([o[AGE] for o in outs]).mean(0)).numpy())
-            mixture = per_face(torch.stack([o[AGE_LOGITS].float().softmax(1) for o in outs]).mean(0))
-            median.append(median_age(mixture, ages).numpy())
+            faces = [read_crops(run / "cache", row, names) for row in rows[start:start + batch_size]]
+            (images,), _ = batch_inputs(single, faces)
+            ages, mixtures = [], []
+            for member, _ in members:  # a cross-fitted branch: its fold branches' mean (FoldAverage)
+                block, out = single.branch_block(region, member, images)
+                ages.append(single.block.age(block))
+                logits = out[AGE_LOGITS].float()
+                mixtures.append(logits.softmax(1).view(len(faces), -1, logits.shape[1]).mean(1))
+            expectation.append(torch.stack(ages).mean(0).numpy())
+            median.append(median_age(torch.stack(mixtures).mean(0), single.ages).numpy())
     true = np.array([row["age"] for row in rows], float)
     print(f"{region} alone ({len(paths)} file(s), {len(rows)} validation faces)")
     return {"expectation": report("expectation", true, np.concatenate(expectation)),
@@ -100,10 +98,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
     checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]  # paths as the run gave them
-    mirrored = set(MIRROR_INVARIANT) if model.mirrored else set()
     scores = {"fused": fused(args.run, model, checkpoints)}
     for region in args.regions.split(","):
-        scores[region] = branch(args.run, region, checkpoints[region], mirrored)
+        scores[region] = branch(args.run, region, checkpoints[region], model.mirror)
     for estimate in ("expectation", "median"):
         best = min((r for r in scores if r != "fused"), key=lambda r: scores[r][estimate])
         margin = 1 - scores["fused"][estimate] / scores[best][estimate]
