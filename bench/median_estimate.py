@@ -50,10 +50,14 @@ def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
     return figures["mae"]
 
 
-def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
-    # the fusion's own validation file, named as fusion.features.split_features names it
+def validation_features(run: Path, model, checkpoints: dict) -> dict[str, np.ndarray]:
+    """The fusion's own validation features file, named as fusion.features.split_features names it."""
     name = "val" + ("-mirrored" if model.mirrored else "")
-    data, _ = read_features(run / "fused" / f"features-{name}-{fingerprint(run / 'cache', checkpoints)}.npz")
+    return read_features(run / "fused" / f"features-{name}-{fingerprint(run / 'cache', checkpoints)}.npz")[0]
+
+
+def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
+    data = validation_features(run, model, checkpoints)
     with torch.inference_mode():
         logits, _ = model.head(head_input(torch.from_numpy(data["features"]), torch.from_numpy(data["present"])))
         probabilities = logits.softmax(1)
