@@ -1,11 +1,11 @@
-"""Is the mean of a cross-fitted region's fold branches a fair input for the fusion head?
+"""Would the fusion head do better run over each fold branch's block than over their mean?
 
 The head learns each training face's block from the one fold branch that left it out; a new
-face gets the mean of the K fold branches' blocks, embeddings included (FoldAverage). If the
-fold branches' embeddings had drifted apart, their mean would be an input the head never saw.
-This bench compares, on a run's validation faces, the fused model as it is against the head
-run over each fold's blocks alone (every cross-fitted region from fold k, as a training face
-of part k saw them) and those K outputs averaged.
+face gets the mean of the K fold branches' blocks, embeddings included (FoldAverage). This
+bench compares, on a run's validation faces, the fused model as it is against the head run
+over each part's blocks alone (every cross-fitted region from its fold branch that left part I
+out, as the head saw a training face of part I) and those K predictions averaged, and shows
+how far the fold branches' embeddings agree.
 
     python bench/fold_blocks.py --run bench/out/cpu-long-v11
 
@@ -22,10 +22,22 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from branches import FoldAverage  # noqa: E402
 from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import head_input, load_fused  # noqa: E402
-from median_estimate import report, validation_features  # noqa: E402
-from shifted_views import region_blocks  # noqa: E402
+from fusion.model import FusedModel, load_fused  # noqa: E402
+from median_estimate import report, validation_features, validation_images  # noqa: E402
+
+
+def fold_blocks(run: Path, model: FusedModel, region: str, ids) -> torch.Tensor:
+    """(K, N, F): the region's block from each of its fold branches, in the order of the parts they left out."""
+    r = model.regions.index(region)
+    single = FusedModel({region: model.branches[r]}, {region: model.image_sizes[r]}, mirror=model.mirror)
+    blocks = []
+    with torch.inference_mode():
+        for _, images in validation_images(run, single, ids):
+            blocks.append(torch.stack([single.branch_block(region, member, images)[0]
+                                       for member in FusedModel.parts(model.branches[r])]))
+    return torch.cat(blocks, 1)
 
 
 def main() -> int:
@@ -40,39 +52,41 @@ def main() -> int:
     cached, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     width = model.block.embedding_dim
 
-    folds = {}
-    for region, given in checkpoints.items():
-        if isinstance(given, str):
-            continue  # one branch: nothing to compare
-        folds[region] = blocks = region_blocks(args.run, region, given, model.mirror, data["id"])
-        r = model.regions.index(region)
-        if not torch.allclose(blocks.mean(0), cached[:, r], atol=1e-4):
+    folds = {}  # cross-fitted region -> (K, N, F)
+    for region, branch in zip(model.regions, model.branches):
+        if not isinstance(branch, FoldAverage):
+            continue
+        folds[region] = blocks = fold_blocks(args.run, model, region, data["id"])
+        if not torch.allclose(blocks.mean(0), cached[:, model.regions.index(region)], atol=1e-4):
             raise ValueError(f"{region}: the fold branches' mean is not the cached block; is this the run's cache?")
         embeddings = blocks[..., :width]
-        print(f"{region}: {len(blocks)} fold branches, their embeddings' cosine similarity per face: median "
-              f"{cosine_similarity(embeddings[0], embeddings[1], dim=1).median():.3f}; median norm "
-              + " / ".join(f"{e.norm(dim=1).median():.1f}" for e in embeddings)
+        pairs = [(i, j) for i in range(len(blocks)) for j in range(i + 1, len(blocks))]
+        agree = torch.stack([cosine_similarity(embeddings[i], embeddings[j], dim=1) for i, j in pairs])
+        print(f"{region}: {len(blocks)} fold branches, their embeddings' cosine similarity per face (every pair): "
+              f"median {agree.median():.3f}; median norm " + " / ".join(f"{e.norm(dim=1).median():.1f}" for e in embeddings)
               + f", of their mean {embeddings.mean(0).norm(dim=1).median():.1f}")
+    if not folds:
+        raise SystemExit(f"{args.run}: no cross-fitted region (agefuse-train-fusion --cross-fit): nothing to compare")
+    counts = {len(blocks) for blocks in folds.values()}
+    if len(counts) != 1:
+        raise ValueError(f"the cross-fitted regions have different fold counts ({sorted(counts)}): their parts differ")
 
-    def fused(features):
-        with torch.inference_mode():
-            logits, gender_logit = model.head(head_input(features, present))
-        return logits.softmax(1), torch.sigmoid(gender_logit)
+    def show(tag, out):
+        print(f"{tag}: gender {gender_report(data['gender'], out['gender_female'].numpy())['accuracy']:.2%}")
+        report("fused", data["age"], out["age"].numpy())
 
-    def show(tag, probabilities, female):
-        print(f"{tag}: gender {gender_report(data['gender'], female.numpy())['accuracy']:.2%}")
-        report("fused", data["age"], (probabilities * model.ages).sum(1).numpy())
-
-    show("the fused model (the folds' mean block)", *fused(cached))
-    outputs = []
-    for k in range(min(len(b) for b in folds.values())):
-        features = cached.clone()
-        for region, blocks in folds.items():
-            features[:, model.regions.index(region)] = blocks[k]
-        outputs.append(fused(features))
-        show(f"the head over fold {k}'s blocks", *outputs[-1])
-    show("the head over each fold's blocks, averaged", torch.stack([p for p, _ in outputs]).mean(0),
-         torch.stack([f for _, f in outputs]).mean(0))
+    with torch.inference_mode():
+        show(f"the fused model (the folds' mean block), {len(data['age'])} validation faces", model.predict(cached, present))
+        outputs = []
+        for k in range(counts.pop()):  # parts are numbered from 1 (agefuse-train-branch --fold I/K)
+            features = cached.clone()
+            for region, blocks in folds.items():
+                features[:, model.regions.index(region)] = blocks[k]
+            outputs.append(model.predict(features, present))
+            show(f"the head over the fold branches that left part {k + 1} out", outputs[-1])
+        # the expected age is linear in the distribution: the mean of the K ages is that of the mixed distributions
+        show("the head over each part's fold branches, averaged", {name: torch.stack([out[name] for out in outputs]).mean(0)
+                                                     for name in ("age", "gender_female")})
     return 0
 
 

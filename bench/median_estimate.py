@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,31 +67,43 @@ def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
             "median": report("median", data["age"], median_age(probabilities, model.ages).numpy())}
 
 
-def branch(run: Path, region: str, given: str | list[str], mirror: bool, batch_size: int = 64) -> dict[str, float]:
+def validation_images(run: Path, single: FusedModel, ids: np.ndarray | None = None,
+                      batch_size: int = 64) -> Iterator[tuple[list[dict], torch.Tensor]]:
+    """The run's validation faces as ``single`` (a one-branch FusedModel) reads them: per batch,
+    the cache rows and their (N, V, 3, S, S) uint8 views, in the cache's order, which must be
+    ``ids``' (a features file's) when given."""
+    region = single.regions[0]
+    rows, names = cache_rows(run / "cache", region, "val"), crops_read([region])
+    if ids is not None and [row["id"] for row in rows] != list(ids):
+        raise ValueError(f"{run}: the cache's validation rows are not the features file's; is this the run's cache?")
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        (images,), _ = batch_inputs(single, [read_crops(run / "cache", row, names) for row in batch])
+        yield batch, images
+
+
+def branch(run: Path, region: str, given: str | list[str], mirror: bool) -> dict[str, float]:
     """``given``: the branch's checkpoint(s) as the fusion read them; ``mirror``: whether the
     fused model also sees crops mirrored. The views go through the fused model's own
     ``branch_block``, so each face's are averaged as in the features the table reads."""
     paths = [Path(p) for p in ([given] if isinstance(given, str) else given)]
     members = [load_branch(path) for path in paths]
     single = FusedModel({region: members[0][0]}, {region: members[0][1]["image_size"]}, mirror=mirror)
-    rows, names = cache_rows(run / "cache", region, "val"), crops_read([region])
-    expectation, median = [], []
+    true, expectation, median = [], [], []
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            faces = [read_crops(run / "cache", row, names) for row in rows[start:start + batch_size]]
-            (images,), _ = batch_inputs(single, faces)
+        for rows, images in validation_images(run, single):
             ages, mixtures = [], []
             for member, _ in members:  # a cross-fitted branch: its fold branches' mean (FoldAverage)
                 block, out = single.branch_block(region, member, images)
                 ages.append(single.block.age(block))
                 logits = out[AGE_LOGITS].float()
-                mixtures.append(logits.softmax(1).view(len(faces), -1, logits.shape[1]).mean(1))
+                mixtures.append(logits.softmax(1).view(len(rows), -1, logits.shape[1]).mean(1))
+            true += [row["age"] for row in rows]
             expectation.append(torch.stack(ages).mean(0).numpy())
             median.append(median_age(torch.stack(mixtures).mean(0), single.ages).numpy())
-    true = np.array([row["age"] for row in rows], float)
-    print(f"{region} alone ({len(paths)} file(s), {len(rows)} validation faces)")
-    return {"expectation": report("expectation", true, np.concatenate(expectation)),
-            "median": report("median", true, np.concatenate(median))}
+    print(f"{region} alone ({len(paths)} file(s), {len(true)} validation faces)")
+    return {"expectation": report("expectation", np.array(true, float), np.concatenate(expectation)),
+            "median": report("median", np.array(true, float), np.concatenate(median))}
 
 
 def main() -> int:

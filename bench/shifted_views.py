@@ -6,8 +6,9 @@ outputs averaged over all views, for some regions of a run's fused model; the fu
     python bench/shifted_views.py --run bench/out/cpu-long-v11 --regions face_chip,original_alt2 \\
         --views 1.05,0,0 0.95,0,0
 
-A view is SCALE,DX,DY (DX, DY: shares of the crop's width and height). The other regions keep
-their cached validation outputs. Run it from the folder the run was made in.
+A view is SCALE,DX,DY (DX, DY: shares of the crop's width and height); the crop as it is,
+1,0,0, is always one of them, and its block is checked against the run's cached one. The
+other regions keep their cached validation outputs. Run it from the folder the run was made in.
 """
 from __future__ import annotations
 
@@ -22,12 +23,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from branches import load_branch  # noqa: E402
-from branches.data import cache_rows  # noqa: E402
-from fusion.features import batch_inputs, crops_read, read_crops  # noqa: E402
 from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import FusedModel, head_input, load_fused  # noqa: E402
-from median_estimate import report, validation_features  # noqa: E402
+from fusion.model import FusedModel, load_fused  # noqa: E402
+from median_estimate import report, validation_features, validation_images  # noqa: E402
+
+AS_IT_IS = (1.0, 0.0, 0.0)
+
+
+def view(text: str) -> tuple[float, float, float]:
+    try:
+        scale, dx, dy = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a view is SCALE,DX,DY, three numbers (1.05,0,0)") from None
+    if not (0.5 <= scale <= 2 and abs(dx) < 0.5 and abs(dy) < 0.5):
+        raise argparse.ArgumentTypeError(f"{text!r}: SCALE in 0.5..2, DX and DY within +-0.5 of the crop")
+    return scale, dx, dy
 
 
 def moved(images: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Tensor:
@@ -42,49 +52,38 @@ def moved(images: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Ten
     return torch.from_numpy(out).permute(0, 3, 1, 2).reshape(images.shape)
 
 
-def region_blocks(run: Path, region: str, given, mirror: bool, ids: np.ndarray,
-                  views: list[tuple[float, float, float]] | None = None, batch_size: int = 64) -> torch.Tensor:
-    """(K, N, F): the region's block from each of its K fold branches (K = 1 for a plain
-    branch) over ``views`` (None: the crop as it is), and their mirror images as the fused
-    model mirrors; their mean over K is what the fused model's block would be."""
-    members = [load_branch(Path(path)) for path in ([given] if isinstance(given, str) else given)]
-    single = FusedModel({region: members[0][0]}, {region: members[0][1]["image_size"]}, mirror=mirror)
-    rows, names = cache_rows(run / "cache", region, "val"), crops_read([region])
-    if [row["id"] for row in rows] != list(ids):
-        raise ValueError(f"{run}: the cache's validation rows are not the features file's")
-    blocks = [[] for _ in members]
+def view_blocks(run: Path, model: FusedModel, region: str, views: list, ids: np.ndarray) -> torch.Tensor:
+    """(len(views), N, F): the region's block over each view (and its mirror image, as the
+    fused model mirrors), its fold branches mixed as the fused model mixes them."""
+    r = model.regions.index(region)
+    single = FusedModel({region: model.branches[r]}, {region: model.image_sizes[r]}, mirror=model.mirror)
+    blocks = []
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            faces = [read_crops(run / "cache", row, names) for row in rows[start:start + batch_size]]
-            (images,), _ = batch_inputs(single, faces)
-            for k, (member, _) in enumerate(members):
-                blocks[k].append(torch.stack([single.branch_block(region, member, moved(images, *view))[0]
-                                              for view in views]).mean(0) if views else
-                                 single.branch_block(region, member, images)[0])
-    return torch.stack([torch.cat(b) for b in blocks])
+        for _, images in validation_images(run, single, ids):
+            blocks.append(torch.stack([single.branch_block(region, single.branches[0], moved(images, *v))[0]
+                                       for v in views]))
+    return torch.cat(blocks, 1)
 
 
-def scores(tag: str, model, features: torch.Tensor, present: torch.Tensor, data: dict) -> None:
+def scores(tag: str, model: FusedModel, features: torch.Tensor, present: torch.Tensor, data: dict) -> None:
     with torch.inference_mode():
-        logits, gender_logit = model.head(head_input(features, present))
-        age = (logits.softmax(1) * model.ages).sum(1).numpy()
-    print(f"{tag}: fused, gender {gender_report(data['gender'], torch.sigmoid(gender_logit).numpy())['accuracy']:.2%}")
-    report("fused", data["age"], age)
+        out = model.predict(features, present)
+    print(f"{tag}: fused, gender {gender_report(data['gender'], out['gender_female'].numpy())['accuracy']:.2%}")
+    report("fused", data["age"], out["age"].numpy())
     for r, region in enumerate(model.regions):
-        gender = gender_report(data["gender"], torch.sigmoid(model.block.gender_logit(features[:, r])).numpy())
-        print(f"    {region} alone, gender {gender['accuracy']:.2%}")
-        report(region, data["age"], model.block.age(features[:, r]).numpy())
+        female = torch.sigmoid(model.block.gender_logit(features[:, r])).numpy()
+        print(f"    {region} alone, gender {gender_report(data['gender'], female)['accuracy']:.2%}")
+        report(region, data["age"], out["branch_ages"][:, r].numpy())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
     parser.add_argument("--regions", required=True, help="comma-separated regions to give the extra views")
-    parser.add_argument("--views", nargs="+", required=True, help="extra views, each SCALE,DX,DY")
+    parser.add_argument("--views", nargs="+", required=True, type=view, help="extra views, each SCALE,DX,DY")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    views = [tuple(float(x) for x in view.split(",")) for view in args.views]
     model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
     checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]
     data = validation_features(args.run, model, checkpoints)
@@ -92,11 +91,14 @@ def main() -> int:
     more = cached.clone()
     for region in args.regions.split(","):
         r, start = model.regions.index(region), time.perf_counter()
-        extra = region_blocks(args.run, region, checkpoints[region], model.mirror, data["id"], views).mean(0)
-        more[:, r] = (cached[:, r] + len(views) * extra) / (len(views) + 1)  # the mean over every view
-        print(f"{region}: {len(views)} extra views in {time.perf_counter() - start:.0f} s", flush=True)
+        blocks = view_blocks(args.run, model, region, [AS_IT_IS, *args.views], data["id"])
+        if not torch.allclose(blocks[0], cached[:, r], atol=1e-4):
+            raise ValueError(f"{region}: the crop as it is does not give the cached block; is this the run's cache?")
+        more[:, r] = blocks.mean(0)  # every view counts alike, the crop as it is among them
+        print(f"{region}: the crop as it is and {len(args.views)} more views in {time.perf_counter() - start:.0f} s",
+              flush=True)
     scores("the crop as it is (cached)", model, cached, present, data)
-    scores(f"with the views {' '.join(args.views)}", model, more, present, data)
+    scores(f"with {len(args.views)} more views", model, more, present, data)
     return 0
 
 

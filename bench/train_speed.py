@@ -23,8 +23,6 @@ from branches.model import branch_loss, create_model
 def step_speed(name, size, images, ages, genders, device, steps):
     model = create_model(name, pretrained=False).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [(images[i:i + len(images) // steps], ages[i:i + len(images) // steps],
-                genders[i:i + len(images) // steps]) for i in range(0, len(images), len(images) // steps)]
     batch = torch.nn.functional.interpolate(images[:64].float(), size=size).to(device)
     for _ in range(2):  # warm-up
         loss, _ = branch_loss(model(batch), ages[:64].to(device), genders[:64].to(device))
