@@ -29,7 +29,10 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
     import cv2
     from regions import decode, read_image_file
     if isinstance(image, (str, os.PathLike)):
-        return decode(read_image_file(Path(image)))
+        try:
+            return decode(read_image_file(Path(image)))
+        except ValueError as err:  # decode's reasons name no file: the caller may have many
+            raise type(err)(f"{image}: {err}") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode(bytes(image))
     if not isinstance(image, np.ndarray):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -44,10 +45,31 @@ def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or foreign file
         text = str(err).strip()
-        reason = text.splitlines()[0][:160] if text else type(err).__name__
-        if "weights_only" in text or "Unsupported global" in text:
+        reason = foreign_file(Path(path))  # first: torch's message for any file mentions weights_only
+        if reason is None and ("weights_only" in text or "Unsupported global" in text):
             reason = "it holds Python objects other than tensors, which are never loaded"
+        reason = reason or shortened(text.splitlines()[0] if text else type(err).__name__)
         raise CheckpointError(f"{path}: not a readable {what} ({reason})") from None
+
+
+def foreign_file(path: Path) -> str | None:
+    """Why a file torch refused is not a torch.save file, when its first bytes tell (torch's
+    own words for these are its internals': an error number, a zip reader's complaint)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if not any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist()):
+                    return "a zip archive, but not one torch.save writes (a torch.export .pt2 is one such)"
+            return None
+        with open(path, "rb") as handle:
+            first = handle.read(1)
+    except OSError:
+        return None
+    return None if first == b"\x80" else "not a file torch.save writes: neither its zip archive nor a pickle"
+
+
+def shortened(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -> dict:

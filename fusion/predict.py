@@ -195,6 +195,10 @@ def load_engine(path: str | None, engine: str, threads: int):
                              "(agefuse-export --format onnx writes one)")
         from .onnx import OnnxModel
         return OnnxModel(path, threads), None
+    exported = {".onnx": "an ONNX file: run it with --engine onnx",
+                ".pt2": "a torch.export archive, for other programs: give the fused.pt it was exported from"}
+    if path is not None and Path(path).suffix in exported:
+        raise ValueError(f"{path}: {exported[Path(path).suffix]}")
     model, _ = load_fused(path)
     return model, branch_pool(model, threads)
 
@@ -244,7 +248,11 @@ def main(args: argparse.Namespace) -> int:
               f"{'' if args.whole_image_fallback else ' (small faces: --upsample 1; a photo that is one face: --whole-image-fallback)'}",
               file=sys.stderr)
     if failures:
-        print(f"{failures} of {len(photos) + len(unmatched)} photos could not be read (named above)", file=sys.stderr)
+        unread = failures - len(unmatched)
+        parts = [f"{unread} of {len(photos)} photos could not be read"] if unread else []
+        if unmatched:
+            parts.append(f"{len(unmatched)} of the paths given held no image file")
+        print("; ".join(parts) + " (named above)", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -42,6 +42,12 @@ def test_an_array_without_its_channel_order_or_of_the_wrong_type_is_refused():
         agefuse.estimate(42)
 
 
+def test_a_path_that_is_no_image_is_named_in_the_error(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a photo\n")
+    with pytest.raises(ValueError, match=r"notes.jpg: not a readable image"):
+        agefuse.estimate(tmp_path / "notes.jpg")
+
+
 def test_predict_takes_a_nested_folder_and_a_glob_and_writes_one_csv(tmp_path):
     """Sub-folders are searched, a text file is not an image, a corrupt JPEG is one line."""
     import csv

@@ -157,6 +157,32 @@ def test_a_model_that_is_not_one_is_one_line_and_runs_nothing(name, args, kind, 
     assert not (tmp_path / "code-ran").exists()
 
 
+def test_a_model_file_of_another_kind_is_named_for_what_it_is(tmp_path):
+    """torch's own words for these are an error number or a zip reader's internals."""
+    import zipfile
+    from branches.checkpoint import CheckpointError, read_torch_file
+    (tmp_path / "notes.pt").write_text("not a model\n")
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
+        archive.writestr("model/archive_format", "pt2")
+    with pytest.raises(CheckpointError, match=r"notes.pt: not a readable x \(not a file torch.save writes: neither"):
+        read_torch_file(tmp_path / "notes.pt", "x")
+    with pytest.raises(CheckpointError, match=r"archive.pt: not a readable x \(a zip archive, but not one torch.save"):
+        read_torch_file(tmp_path / "archive.pt", "x")
+
+
+def test_predict_given_an_exported_model_says_how_to_run_it_and_counts_an_empty_pattern_apart(tmp_path):
+    shutil.copy(GOOD, tmp_path / "model.onnx")  # any bytes: the name is what predict reads first
+    result = command("agefuse-predict", GOOD, "--model", tmp_path / "model.onnx", "--out", tmp_path / "out")
+    no_traceback(result)
+    assert result.returncode == 1 and f"{tmp_path / 'model.onnx'}: an ONNX file: run it with --engine onnx" in result.stderr
+    result = command("agefuse-predict", GOOD, tmp_path / "none_*.jpg", "--out", tmp_path / "out", "--no-annotate")
+    no_traceback(result)
+    assert result.returncode == 1 and f"{tmp_path / 'none_*.jpg'}: no image files here" in result.stderr
+    assert "1 of the paths given held no image file (named above)" in result.stderr
+    assert "could not be read" not in result.stderr  # the one photo was read
+    assert json.loads((tmp_path / "out" / f"{GOOD.name}.json").read_text())["faces"]
+
+
 @pytest.mark.parametrize("state", [{"branch_args": [1, 2]}, {"branch_args": {"face": {"model": "small_cnn"}}},
                                    {"branch_args": {}, "interval": "wide"}])
 def test_a_tensor_file_with_the_wrong_fields_is_named_not_a_traceback(state, tmp_path):
