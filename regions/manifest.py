@@ -6,6 +6,7 @@ Layout of a cache folder::
     <cache>/manifest.jsonl                 one JSON object per image, sorted by id
     <cache>/manifest.shard-K-of-N.jsonl    the same for one shard, until merged
     <cache>/label_problems.csv             files skipped for their labels (path, reason)
+    <cache>/summary.json                   counts: images, cached, detected, rejected, per age group and region
     <cache>/<age_group>/<region>/<id>.<ext>
 
 A manifest row (``docs/formats.md`` in the README lists every field): ``id``, ``source``,
