@@ -27,12 +27,13 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
     """BGR uint8 pixels from a path, encoded bytes, or an array whose channel order is
     given (``channels``: ``"rgb"`` or ``"bgr"``; a 2-D array is grey)."""
     import cv2
-    from regions import decode, read_image_file
+    from regions import TooLarge, decode, read_image_file
     if isinstance(image, (str, os.PathLike)):
         try:
             return decode(read_image_file(Path(image)))
         except ValueError as err:  # decode's reasons name no file: the caller may have many
-            raise type(err)(f"{image}: {err}") from None
+            kind = type(err) if type(err) in (ValueError, TooLarge) else ValueError  # TooLarge: a service's 413
+            raise kind(f"{image}: {err}") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode(bytes(image))
     if not isinstance(image, np.ndarray):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -54,18 +53,21 @@ def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):
 
 def foreign_file(path: Path) -> str | None:
     """Why a file torch refused is not a torch.save file, when its first bytes tell (torch's
-    own words for these are its internals': an error number, a zip reader's complaint)."""
+    own words for these are its internals': an error number, a zip reader's complaint). Only
+    the first local header is read: torch.save writes ``<name>/data.pkl`` first."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                if not any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist()):
-                    return "a zip archive, but not one torch.save writes (a torch.export .pt2 is one such)"
-            return None
         with open(path, "rb") as handle:
-            first = handle.read(1)
+            head = handle.read(30 + 256)
     except OSError:
         return None
-    return None if first == b"\x80" else "not a file torch.save writes: neither its zip archive nor a pickle"
+    if head[:4] == b"PK\x03\x04":
+        name_length = int.from_bytes(head[26:28], "little")
+        if not head[30:30 + name_length].endswith(b"data.pkl"):
+            return "a zip archive, but not one torch.save writes (a torch.export .pt2 is one such)"
+        return None
+    if head[:1] == b"\x80" or not head:  # a binary pickle (torch's legacy format), or nothing: torch's reason
+        return None
+    return "not a file torch.save writes (its zip archive or a binary pickle)"
 
 
 def shortened(text: str, limit: int = 160) -> str:

@@ -154,20 +154,31 @@ def test_a_model_that_is_not_one_is_one_line_and_runs_nothing(name, args, kind, 
     no_traceback(result)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert str(model) in result.stderr and "weights_only=False" not in result.stderr
+    if kind == "a pickle with code":
+        assert "other than tensors, which are never loaded" in result.stderr
     assert not (tmp_path / "code-ran").exists()
 
 
 def test_a_model_file_of_another_kind_is_named_for_what_it_is(tmp_path):
     """torch's own words for these are an error number or a zip reader's internals."""
     import zipfile
+
+    import torch
     from branches.checkpoint import CheckpointError, read_torch_file
     (tmp_path / "notes.pt").write_text("not a model\n")
     with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
         archive.writestr("model/archive_format", "pt2")
-    with pytest.raises(CheckpointError, match=r"notes.pt: not a readable x \(not a file torch.save writes: neither"):
+    with pytest.raises(CheckpointError, match=r"notes.pt: not a readable x \(not a file torch.save writes \(its zip"):
         read_torch_file(tmp_path / "notes.pt", "x")
     with pytest.raises(CheckpointError, match=r"archive.pt: not a readable x \(a zip archive, but not one torch.save"):
         read_torch_file(tmp_path / "archive.pt", "x")
+    good = tmp_path / "good.pt"
+    torch.save({"a": torch.zeros(2)}, good)
+    damaged = good.read_bytes()
+    (tmp_path / "damaged.pt").write_bytes(damaged[:len(damaged) // 2])  # its central directory cut off
+    with pytest.raises(CheckpointError, match=r"damaged.pt: not a readable x \("):
+        read_torch_file(tmp_path / "damaged.pt", "x")
+    assert read_torch_file(good, "x")["a"].shape == (2,)
 
 
 def test_predict_given_an_exported_model_says_how_to_run_it_and_counts_an_empty_pattern_apart(tmp_path):
