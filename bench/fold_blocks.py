@@ -14,7 +14,6 @@ Run it from the folder the run was made in.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,19 +23,18 @@ from torch.nn.functional import cosine_similarity
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from branches import FoldAverage  # noqa: E402
 from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import FusedModel, load_fused  # noqa: E402
-from median_estimate import report, validation_features, validation_images  # noqa: E402
+from fusion.model import FusedModel  # noqa: E402
+from median_estimate import load_run, one_branch, report, validation_features, validation_images  # noqa: E402
 
 
 def fold_blocks(run: Path, model: FusedModel, region: str, ids) -> torch.Tensor:
     """(K, N, F): the region's block from each of its fold branches, in the order of the parts they left out."""
-    r = model.regions.index(region)
-    single = FusedModel({region: model.branches[r]}, {region: model.image_sizes[r]}, mirror=model.mirror)
+    single = one_branch(model, region)
     blocks = []
     with torch.inference_mode():
         for _, images in validation_images(run, single, ids):
             blocks.append(torch.stack([single.branch_block(region, member, images)[0]
-                                       for member in FusedModel.parts(model.branches[r])]))
+                                       for member in FusedModel.parts(single.branches[0])]))
     return torch.cat(blocks, 1)
 
 
@@ -46,8 +44,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
-    checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]
+    model, checkpoints = load_run(args.run)
     data = validation_features(args.run, model, checkpoints)
     cached, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     width = model.block.embedding_dim

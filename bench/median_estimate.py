@@ -51,6 +51,19 @@ def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
     return figures["mae"]
 
 
+def load_run(run: Path) -> tuple[FusedModel, dict]:
+    """A run's fused model (unfolded, as saved) and its branches' checkpoints as its
+    ``fusion.json`` names them (paths as the run gave them)."""
+    model, _ = load_fused(run / "fused" / "fused.pt", fold=False)
+    return model, json.loads((run / "fused" / "fusion.json").read_text())["branches"]
+
+
+def one_branch(model: FusedModel, region: str) -> FusedModel:
+    """A FusedModel of ``model``'s one ``region`` branch, viewing and mirroring as ``model`` does."""
+    r = model.regions.index(region)
+    return FusedModel({region: model.branches[r]}, {region: model.image_sizes[r]}, mirror=model.mirror)
+
+
 def validation_features(run: Path, model, checkpoints: dict) -> dict[str, np.ndarray]:
     """The fusion's own validation features file, named as fusion.features.split_features names it."""
     name = "val" + ("-mirrored" if model.mirrored else "")
@@ -113,8 +126,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
-    checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]  # paths as the run gave them
+    model, checkpoints = load_run(args.run)
     scores = {"fused": fused(args.run, model, checkpoints)}
     for region in args.regions.split(","):
         scores[region] = branch(args.run, region, checkpoints[region], model.mirror)

@@ -13,7 +13,6 @@ other regions keep their cached validation outputs. Run it from the folder the r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import FusedModel, load_fused  # noqa: E402
-from median_estimate import report, validation_features, validation_images  # noqa: E402
+from fusion.model import FusedModel  # noqa: E402
+from median_estimate import load_run, one_branch, report, validation_features, validation_images  # noqa: E402
 
 AS_IT_IS = (1.0, 0.0, 0.0)
 
@@ -55,8 +54,7 @@ def moved(images: torch.Tensor, scale: float, dx: float, dy: float) -> torch.Ten
 def view_blocks(run: Path, model: FusedModel, region: str, views: list, ids: np.ndarray) -> torch.Tensor:
     """(len(views), N, F): the region's block over each view (and its mirror image, as the
     fused model mirrors), its fold branches mixed as the fused model mixes them."""
-    r = model.regions.index(region)
-    single = FusedModel({region: model.branches[r]}, {region: model.image_sizes[r]}, mirror=model.mirror)
+    single = one_branch(model, region)
     blocks = []
     with torch.inference_mode():
         for _, images in validation_images(run, single, ids):
@@ -84,8 +82,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
-    checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]
+    model, checkpoints = load_run(args.run)
     data = validation_features(args.run, model, checkpoints)
     cached, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     more = cached.clone()
