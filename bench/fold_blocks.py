@@ -13,7 +13,6 @@ Run it from the folder the run was made in.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from branches import FoldAverage  # noqa: E402
 from fusion.metrics import gender_report  # noqa: E402
 from fusion.model import FusedModel  # noqa: E402
-from median_estimate import load_run, one_branch, report, validation_features, validation_images  # noqa: E402
+from median_estimate import load_run, one_branch, report, run_parser, validation_images  # noqa: E402
 
 
 def fold_blocks(run: Path, model: FusedModel, region: str, ids) -> torch.Tensor:
@@ -39,13 +38,8 @@ def fold_blocks(run: Path, model: FusedModel, region: str, ids) -> torch.Tensor:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, checkpoints = load_run(args.run)
-    data = validation_features(args.run, model, checkpoints)
+    args = run_parser(__doc__).parse_args()
+    model, _, data = load_run(args)
     cached, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     width = model.block.embedding_dim
 

@@ -51,11 +51,22 @@ def report(name: str, true: np.ndarray, predicted: np.ndarray) -> float:
     return figures["mae"]
 
 
-def load_run(run: Path) -> tuple[FusedModel, dict]:
-    """A run's fused model (unfolded, as saved) and its branches' checkpoints as its
-    ``fusion.json`` names them (paths as the run gave them)."""
-    model, _ = load_fused(run / "fused" / "fused.pt", fold=False)
-    return model, json.loads((run / "fused" / "fusion.json").read_text())["branches"]
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every bench over a finished run's validation faces takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    return parser
+
+
+def load_run(args: argparse.Namespace) -> tuple[FusedModel, dict, dict[str, np.ndarray]]:
+    """``args.run``'s fused model (unfolded, as saved), its branches' checkpoints as its
+    ``fusion.json`` names them (paths as the run gave them) and its validation features file;
+    torch set to ``args.threads``."""
+    torch.set_num_threads(args.threads)
+    model, _ = load_fused(args.run / "fused" / "fused.pt", fold=False)
+    checkpoints = json.loads((args.run / "fused" / "fusion.json").read_text())["branches"]
+    return model, checkpoints, validation_features(args.run, model, checkpoints)
 
 
 def one_branch(model: FusedModel, region: str) -> FusedModel:
@@ -70,8 +81,7 @@ def validation_features(run: Path, model, checkpoints: dict) -> dict[str, np.nda
     return read_features(run / "fused" / f"features-{name}-{fingerprint(run / 'cache', checkpoints)}.npz")[0]
 
 
-def fused(run: Path, model, checkpoints: dict) -> dict[str, float]:
-    data = validation_features(run, model, checkpoints)
+def fused(model, data: dict[str, np.ndarray]) -> dict[str, float]:
     with torch.inference_mode():
         logits, _ = model.head(head_input(torch.from_numpy(data["features"]), torch.from_numpy(data["present"])))
         probabilities = logits.softmax(1)
@@ -120,14 +130,11 @@ def branch(run: Path, region: str, given: str | list[str], mirror: bool) -> dict
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
+    parser = run_parser(__doc__)
     parser.add_argument("--regions", required=True, help="comma-separated branch regions to score alone")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, checkpoints = load_run(args.run)
-    scores = {"fused": fused(args.run, model, checkpoints)}
+    model, checkpoints, data = load_run(args)
+    scores = {"fused": fused(model, data)}
     for region in args.regions.split(","):
         scores[region] = branch(args.run, region, checkpoints[region], model.mirror)
     for estimate in ("expectation", "median"):

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.metrics import gender_report  # noqa: E402
 from fusion.model import FusedModel  # noqa: E402
-from median_estimate import load_run, one_branch, report, validation_features, validation_images  # noqa: E402
+from median_estimate import load_run, one_branch, report, run_parser, validation_images  # noqa: E402
 
 AS_IT_IS = (1.0, 0.0, 0.0)
 
@@ -75,15 +75,11 @@ def scores(tag: str, model: FusedModel, features: torch.Tensor, present: torch.T
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a bench/utk_accuracy.py --out folder")
+    parser = run_parser(__doc__)
     parser.add_argument("--regions", required=True, help="comma-separated regions to give the extra views")
     parser.add_argument("--views", nargs="+", required=True, type=view, help="extra views, each SCALE,DX,DY")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, checkpoints = load_run(args.run)
-    data = validation_features(args.run, model, checkpoints)
+    model, _, data = load_run(args)
     cached, present = torch.from_numpy(data["features"]), torch.from_numpy(data["present"])
     more = cached.clone()
     for region in args.regions.split(","):

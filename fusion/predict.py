@@ -197,8 +197,9 @@ def load_engine(path: str | None, engine: str, threads: int):
         return OnnxModel(path, threads), None
     exported = {".onnx": "an ONNX file: run it with --engine onnx",
                 ".pt2": "a torch.export archive, for other programs: give the fused.pt it was exported from"}
-    if path is not None and Path(path).suffix in exported:
-        raise ValueError(f"{path}: {exported[Path(path).suffix]}")
+    suffix = Path(path).suffix if path is not None else None
+    if suffix in exported:
+        raise ValueError(f"{path}: {exported[suffix]}")
     model, _ = load_fused(path)
     return model, branch_pool(model, threads)
 
