@@ -18,10 +18,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fusion import read_features  # noqa: E402
+from bench.fusion_subsets import head_features  # noqa: E402
+from fusion import BranchBlock  # noqa: E402
+from fusion.model import head_input  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,36 +38,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def descriptors(job: tuple[str, list[str]]) -> np.ndarray:
-    """128-D descriptors of the given face_chip crops (paths), in order."""
+_dlib_model = None
+
+
+def load_dlib_model() -> None:
+    """Each worker process loads dlib's network once."""
+    global _dlib_model
     import dlib
     from branches.dlib_face import face_recognition_dat
-    model = dlib.face_recognition_model_v1(str(face_recognition_dat()))
-    chips = [np.ascontiguousarray(cv2.imread(path)[:, :, ::-1]) for path in job[1]]
-    return np.array([np.array(d) for d in model.compute_face_descriptor(chips)], np.float32)
+    _dlib_model = dlib.face_recognition_model_v1(str(face_recognition_dat()))
 
 
-def head_inputs(run: Path, split: str) -> dict[str, np.ndarray]:
-    """The run's cached head inputs for a split, the training faces' out-of-fold blocks put in."""
-    (path,) = [p for p in (run / "fused").glob(f"features-{split}-*.npz") if "-oof-" not in p.name]
-    faces, skipped = read_features(path)
-    regions = list(json.loads((run / "fused" / "fusion.json").read_text())["branches"])
-    for r, region in enumerate(regions):
-        for oof in (run / "fused").glob(f"features-{split}-oof-{region}-*.npz"):
-            block = np.load(oof)
-            assert (block["id"] == faces["id"]).all(), oof
-            faces["features"][:, r] = block["block"]
-            skipped = skipped - {region}
-    if skipped:
-        raise SystemExit(f"{path}: no blocks for {sorted(skipped)}")
-    return faces
+def descriptors(paths: list[str]) -> np.ndarray:
+    """128-D descriptors of the given face_chip crops, in order."""
+    chips = [np.ascontiguousarray(cv2.imread(path)[:, :, ::-1]) for path in paths]
+    return np.array([np.array(d) for d in _dlib_model.compute_face_descriptor(chips)], np.float32)
 
 
 def main(args: argparse.Namespace) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    train, val = head_inputs(args.run, "train"), head_inputs(args.run, "val")
-    pick = np.random.default_rng(args.seed).permutation(len(train["id"]))[:args.train_faces]  # ids sort by age
+    _, train, val, _, _ = head_features(args.run)
+    # the features' rows follow the manifest, whose ids begin with the age as text: draw, not slice
+    pick = np.random.default_rng(args.seed).permutation(len(train["id"]))[:args.train_faces]
     train = {k: v[pick] for k, v in train.items()}
     cache = args.run / "cache"
     crop = {}
@@ -74,27 +70,27 @@ def main(args: argparse.Namespace) -> None:
             crop[row["id"]] = str(cache / row["crops"]["face_chip"])
     splits = {}
     for name, faces in (("train", train), ("val", val)):
-        keep = np.array([i in crop for i in faces["id"]])
+        keep = np.array([i in crop for i in faces["id"]]) & (faces["gender"] >= 0)  # -1: gender unknown
         splits[name] = {k: v[keep] for k, v in faces.items()}
     ids = [i for faces in splits.values() for i in faces["id"]]
-    jobs = [(str(n), [crop[i] for i in ids[n:n + 256]]) for n in range(0, len(ids), 256)]
+    chunks = [[crop[i] for i in ids[n:n + 256]] for n in range(0, len(ids), 256)]
     print(f"descriptors of {len(ids)} face_chip crops on {args.workers} processes ...", flush=True)
-    with ProcessPoolExecutor(args.workers) as pool:
-        desc = np.concatenate(list(pool.map(descriptors, jobs)))
-    splits["train"]["desc"], splits["val"]["desc"] = desc[:len(splits["train"]["id"])], desc[len(splits["train"]["id"]):]
-    print(f"{len(splits['train']['id'])} training faces, {len(splits['val']['id'])} validation faces")
-    inputs = {"branch gender logits": lambda f: f["features"][:, :, -1],
-              "every head input": lambda f: f["features"].reshape(len(f["features"]), -1)}
+    with ProcessPoolExecutor(args.workers, initializer=load_dlib_model) as pool:
+        desc = np.concatenate(list(pool.map(descriptors, chunks)))
+    count = len(splits["train"]["id"])
+    splits["train"]["desc"], splits["val"]["desc"] = desc[:count], desc[count:]
+    print(f"{count} training faces, {len(splits['val']['id'])} validation faces (gender known)")
+    block = BranchBlock(train["features"].shape[2] - 2)
+    inputs = {"branch gender logits": lambda f: block.gender_logit(f["features"]),
+              "every head input": lambda f: head_input(torch.from_numpy(f["features"]),
+                                                       torch.from_numpy(f["present"])).numpy()}
     for C in map(float, args.C.split(",")):
         for label, columns in inputs.items():
             for with_desc in (False, True):
                 x = {s: np.c_[columns(f), f["desc"]] if with_desc else columns(f) for s, f in splits.items()}
-                y = {s: f["gender"] for s, f in splits.items()}
-                known = {s: y[s] >= 0 for s in y}
-                scale = StandardScaler().fit(x["train"][known["train"]])
-                fit = LogisticRegression(C=C, max_iter=3000).fit(scale.transform(x["train"][known["train"]]),
-                                                                   y["train"][known["train"]])
-                hit = fit.predict(scale.transform(x["val"][known["val"]])) == y["val"][known["val"]]
+                scale = StandardScaler().fit(x["train"])
+                fit = LogisticRegression(C=C, max_iter=3000).fit(scale.transform(x["train"]), splits["train"]["gender"])
+                hit = fit.predict(scale.transform(x["val"])) == splits["val"]["gender"]
                 print(f"C={C:<5} {label + (' + frozen descriptor' if with_desc else ''):45s} "
                       f"val gender {100 * hit.mean():.2f}%", flush=True)
 

@@ -103,14 +103,13 @@ def score(model: FusedModel, val: dict) -> dict:
                                                           out["age_high"].numpy()[~fitted])}
 
 
-def main(args: argparse.Namespace) -> int:
-    fused = args.run / "fused"
-    state = read_torch_file(fused / "fused.pt", "agefuse model")
-    config = {"heads": 1, **state["config"]}  # a run from before --heads had one
+def head_features(run: Path) -> tuple[FusedModel, dict, dict, frozenset[str], np.ndarray]:
+    """A finished run's fused model, its training faces' head inputs as its head learned them
+    (out-of-fold blocks put in), its validation faces' inputs, the regions its features file
+    skipped, and the training features before the out-of-fold blocks went in."""
+    fused = run / "fused"
     summary = json.loads((fused / "fusion.json").read_text())
-    cache = args.run / "cache"
     base, _ = load_fused(fused / "fused.pt", fold=False)
-    regions = base.regions
     mirrored = "-mirrored" if base.mirrored else ""  # as fusion.features.split_features names them
     train, not_run = cached(fused, f"features-train{mirrored}-{FINGERPRINT}.npz")
     own = train["features"].copy()
@@ -118,8 +117,19 @@ def main(args: argparse.Namespace) -> int:
         flipped = "-mirrored" if region in base.mirrored else ""
         block, _ = cached(fused, f"features-train-oof-{region}{flipped}-{FINGERPRINT}.npz")
         position = {face: n for n, face in enumerate(block["id"])}
-        train["features"][:, regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
+        train["features"][:, base.regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
     val, _ = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
+    return base, train, val, not_run, own
+
+
+def main(args: argparse.Namespace) -> int:
+    fused = args.run / "fused"
+    state = read_torch_file(fused / "fused.pt", "agefuse model")
+    config = {"heads": 1, **state["config"]}  # a run from before --heads had one
+    summary = json.loads((fused / "fusion.json").read_text())
+    cache = args.run / "cache"
+    base, train, val, not_run, own = head_features(args.run)
+    regions = base.regions
     crossfit = None
     best_branch = min(summary["branch_val_mae"].items(), key=lambda item: item[1])
     age_groups = manifest.parse_age_groups(read_settings(cache).age_groups)
