@@ -11,7 +11,6 @@ without the descriptor of each face's ``face_chip`` crop (dlib's own framing, co
     python bench/descriptor_gender.py --run bench/out/cpu-long-gw4 --train-faces 6000
 """
 import argparse
-import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fusion_subsets import head_features  # noqa: E402
 from fusion import BranchBlock  # noqa: E402
 from fusion.model import head_input  # noqa: E402
+from regions import manifest  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,11 +63,8 @@ def main(args: argparse.Namespace) -> None:
     pick = np.random.default_rng(args.seed).permutation(len(train["id"]))[:args.train_faces]
     train = {k: v[pick] for k, v in train.items()}
     cache = args.run / "cache"
-    crop = {}
-    for line in open(cache / "manifest.jsonl"):
-        row = json.loads(line)
-        if "face_chip" in row.get("crops", {}):
-            crop[row["id"]] = str(cache / row["crops"]["face_chip"])
+    crop = {row["id"]: str(cache / row["crops"]["face_chip"])
+            for row in manifest.load(cache) if "face_chip" in row.get("crops", {})}
     splits = {}
     for name, faces in (("train", train), ("val", val)):
         keep = np.array([i in crop for i in faces["id"]]) & (faces["gender"] >= 0)  # -1: gender unknown
