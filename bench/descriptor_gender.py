@@ -58,7 +58,8 @@ def descriptors(paths: list[str]) -> np.ndarray:
 def main(args: argparse.Namespace) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    _, train, val, _, _ = head_features(args.run)
+    run = head_features(args.run)
+    train, val = run.train, run.val
     # the features' rows follow the manifest, whose ids begin with the age as text: draw, not slice
     pick = np.random.default_rng(args.seed).permutation(len(train["id"]))[:args.train_faces]
     train = {k: v[pick] for k, v in train.items()}

@@ -28,6 +28,7 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -103,10 +104,18 @@ def score(model: FusedModel, val: dict) -> dict:
                                                           out["age_high"].numpy()[~fitted])}
 
 
-def head_features(run: Path) -> tuple[FusedModel, dict, dict, frozenset[str], np.ndarray]:
-    """A finished run's fused model, its training faces' head inputs as its head learned them
-    (out-of-fold blocks put in), its validation faces' inputs, the regions its features file
-    skipped, and the training features before the out-of-fold blocks went in."""
+class RunFeatures(NamedTuple):
+    """What a finished run's head learned from and is scored on."""
+    model: FusedModel      # the run's fused model, fold branches not loaded
+    summary: dict          # its fused/fusion.json
+    train: dict            # training faces' head inputs as the head learned them (out-of-fold blocks put in)
+    val: dict              # validation faces' head inputs
+    not_run: frozenset     # regions whose branches the features file skipped over the training faces
+    own: np.ndarray        # the training features before the out-of-fold blocks went in
+
+
+def head_features(run: Path) -> RunFeatures:
+    """A finished run's cached head inputs (``RunFeatures``)."""
     fused = run / "fused"
     summary = json.loads((fused / "fusion.json").read_text())
     base, _ = load_fused(fused / "fused.pt", fold=False)
@@ -119,16 +128,15 @@ def head_features(run: Path) -> tuple[FusedModel, dict, dict, frozenset[str], np
         position = {face: n for n, face in enumerate(block["id"])}
         train["features"][:, base.regions.index(region)] = block["block"][[position[face] for face in train["id"]]]
     val, _ = cached(fused, f"features-val{mirrored}-{FINGERPRINT}.npz")
-    return base, train, val, not_run, own
+    return RunFeatures(base, summary, train, val, not_run, own)
 
 
 def main(args: argparse.Namespace) -> int:
     fused = args.run / "fused"
     state = read_torch_file(fused / "fused.pt", "agefuse model")
     config = {"heads": 1, **state["config"]}  # a run from before --heads had one
-    summary = json.loads((fused / "fusion.json").read_text())
     cache = args.run / "cache"
-    base, train, val, not_run, own = head_features(args.run)
+    base, summary, train, val, not_run, own = head_features(args.run)
     regions = base.regions
     crossfit = None
     best_branch = min(summary["branch_val_mae"].items(), key=lambda item: item[1])
