@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -c "import torch, dlib, cv2, albumentations, regions; print('agefuse installed: torch', torch.__version__, '| dlib', dlib.__version__, '| opencv', cv2.__version__)"
+.venv/bin/python -c "import torch, dlib, cv2, albumentations, agefuse.regions; print('agefuse installed: torch', torch.__version__, '| dlib', dlib.__version__, '| opencv', cv2.__version__)"

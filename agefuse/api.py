@@ -27,7 +27,7 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
     """BGR uint8 pixels from a path, encoded bytes, or an array whose channel order is
     given (``channels``: ``"rgb"`` or ``"bgr"``; a 2-D array is grey)."""
     import cv2
-    from regions import TooLarge, decode, read_image_file
+    from agefuse.regions import TooLarge, decode, read_image_file
     if isinstance(image, (str, os.PathLike)):
         try:
             return decode(read_image_file(Path(image)))
@@ -69,7 +69,7 @@ class Estimator:
     @property
     def model(self):
         if self._model is None:
-            from fusion import branch_pool, crop_settings, load_fused
+            from agefuse.fusion import branch_pool, crop_settings, load_fused
             self._model, _ = load_fused(self.path, self.device)
             self._settings = crop_settings(self._model, self.detector, self.upsample, self.fallback)
             self._pool = branch_pool(self._model, self.threads) if self.threads > 1 else None
@@ -77,7 +77,7 @@ class Estimator:
 
     def estimate(self, image: Image, channels: Channels | None = None) -> list[dict]:
         """Every face of one image, largest first (records as agefuse-predict's JSON)."""
-        from fusion import predict_faces
+        from agefuse.fusion import predict_faces
         model = self.model
         return predict_faces(model, to_bgr(image, channels), self._settings, self._pool, self.threads)
 

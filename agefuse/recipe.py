@@ -57,9 +57,9 @@ class Recipe:
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from branches import train_branch_parser
-    from fusion import train_fusion_parser, train_joint_parser
-    from regions import regions_parser
+    from agefuse.branches import train_branch_parser
+    from agefuse.fusion import train_fusion_parser, train_joint_parser
+    from agefuse.regions import regions_parser
     return {"regions": regions_parser(), "branch": train_branch_parser(), "fusion": train_fusion_parser(),
             "joint": train_joint_parser()}
 

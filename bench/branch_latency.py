@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from fusion import model as fused_model
+from agefuse.fusion import model as fused_model
 
 
 def timed(call, repeats: int) -> float:

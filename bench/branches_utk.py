@@ -34,7 +34,7 @@ def train_run(args, name, region, model, head, alpha, minutes):
     speed = SPEEDS[model]
     # ~75% of the budget is training steps; the rest is loading, validation and checkpoints
     rounds = max(2, int(minutes * 60 * speed * 0.75 / (ROUND_SIZE * (2 if region == "eyes" else 1))))
-    command = [sys.executable, "-m", "branches.train", "--cache", args.cache, "--region", region,
+    command = [sys.executable, "-m", "agefuse.branches.train", "--cache", args.cache, "--region", region,
                "--out", str(out), "--model", model, "--age-head", head, "--alpha", str(alpha),
                "--image-size", str(args.image_size), "--round-size", str(ROUND_SIZE), "--max-rounds", str(rounds),
                "--k", "3", "--epsilon", "0.005", "--time-limit", str(2 * minutes), "--seed", str(args.seed),

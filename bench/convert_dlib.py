@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from branches.backbones import DLIB_AGE_WEIGHTS, DLIB_GENDER_WEIGHTS, DlibAgeResNet, DlibGenderCNN
+from agefuse.branches.backbones import DLIB_AGE_WEIGHTS, DLIB_GENDER_WEIGHTS, DlibAgeResNet, DlibGenderCNN
 
 MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # RGB; then / 256
 # per network: ONNX file, native trunk, output file, input size, output classes, and the native

@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.fusion_subsets import head_features  # noqa: E402
-from fusion import BranchBlock  # noqa: E402
-from fusion.model import head_input  # noqa: E402
-from regions import manifest  # noqa: E402
+from agefuse.fusion import BranchBlock  # noqa: E402
+from agefuse.fusion.model import head_input  # noqa: E402
+from agefuse.regions import manifest  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def load_dlib_model() -> None:
     """Each worker process loads dlib's network once."""
     global _dlib_model
     import dlib
-    from branches.dlib_face import face_recognition_dat
+    from agefuse.branches.dlib_face import face_recognition_dat
     _dlib_model = dlib.face_recognition_model_v1(str(face_recognition_dat()))
 
 

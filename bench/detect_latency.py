@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from predict_latency import photo, sample_faces
-from regions import landmarks
+from agefuse.regions import landmarks
 
 
 def main(args):

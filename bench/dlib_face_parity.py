@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from branches.dlib_face import face_recognition_dat, load_dlib_face  # noqa: E402
+from agefuse.branches.dlib_face import face_recognition_dat, load_dlib_face  # noqa: E402
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from branches import FoldAverage  # noqa: E402
-from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import FusedModel  # noqa: E402
+from agefuse.branches import FoldAverage  # noqa: E402
+from agefuse.fusion.metrics import gender_report  # noqa: E402
+from agefuse.fusion.model import FusedModel  # noqa: E402
 from median_estimate import load_run, one_branch, report, run_parser, validation_images  # noqa: E402
 
 

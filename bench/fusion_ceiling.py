@@ -30,8 +30,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, QuantileRegressor
 from sklearn.model_selection import KFold
 
-from branches import MIRROR_INVARIANT
-from fusion import BranchBlock, oof_path, read_features
+from agefuse.branches import MIRROR_INVARIANT
+from agefuse.fusion import BranchBlock, oof_path, read_features
 
 FOLDS = 5
 

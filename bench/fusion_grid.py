@@ -70,10 +70,10 @@ def main(args: argparse.Namespace) -> int:
             if not (folder / "fused" / features.name).exists():
                 shutil.copy(features, folder / "fused" / features.name)
         tick = time.perf_counter()
-        run([sys.executable, "-m", "fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
+        run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
              "--out", str(folder / "fused"), "--device", "cpu", *out_of_fold,
              *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log")
-        run([sys.executable, "-m", "fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
+        run([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
              "--cache", str(args.run / "cache"), "--split", "val", "--out", str(folder / "eval")],
             folder / "evaluate.log")
         fused = json.loads((folder / "eval" / "evaluation.json").read_text())["results"]["fused"]

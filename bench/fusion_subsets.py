@@ -36,12 +36,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from branches import read_torch_file  # noqa: E402
-from fusion.features import averaged_branch, extract, fold_branches, read_features  # noqa: E402
-from fusion.metrics import age_report, gender_report, interval_coverage  # noqa: E402
-from fusion.model import FusedModel, create_head, in_calibration_half, load_fused  # noqa: E402
-from fusion.train import fit_head, fit_temperature, get_args_parser as fusion_parser, tensors  # noqa: E402
-from regions import manifest, read_settings  # noqa: E402
+from agefuse.branches import read_torch_file  # noqa: E402
+from agefuse.fusion.features import averaged_branch, extract, fold_branches, read_features  # noqa: E402
+from agefuse.fusion.metrics import age_report, gender_report, interval_coverage  # noqa: E402
+from agefuse.fusion.model import FusedModel, create_head, in_calibration_half, load_fused  # noqa: E402
+from agefuse.fusion.train import fit_head, fit_temperature, get_args_parser as fusion_parser, tensors  # noqa: E402
+from agefuse.regions import manifest, read_settings  # noqa: E402
 
 DECADES_0_89 = [f"{10 * d}-{10 * d + 9}" for d in range(9)]
 FINGERPRINT = "[0-9a-f]" * 16  # fusion.features.fingerprint: keeps features-train-* from matching the oof blocks
@@ -70,7 +70,7 @@ def head_options(config: dict, tokens: list[str], spec: str) -> argparse.Namespa
 
 
 def cached(folder: Path, pattern: str) -> tuple[dict[str, np.ndarray], frozenset[str]]:
-    """The one file of ``pattern``: its arrays, and the regions it skipped (fusion.features.read_features)."""
+    """The one file of ``pattern``: its arrays, and the regions it skipped (agefuse.fusion.features.read_features)."""
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         raise SystemExit(f"error: {folder}: {len(found)} files match {pattern}, expected 1 (run the recipe first)")

@@ -20,10 +20,10 @@ def main(args):
     regions = args.regions.split(",")
     spec = ",".join(f"{r}={Path(args.branch_runs) / f'{r}-a{args.alpha}' / 'best.pt'}" for r in regions)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", args.cache, "--branches", spec,
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", args.cache, "--branches", spec,
                     "--out", str(out / "fused"), "--seed", str(args.seed)], check=True)
     fused = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fusion.evaluate", "--model", str(out / "fused" / "fused.pt"),
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(out / "fused" / "fused.pt"),
                     "--cache", args.cache, "--split", "val", "--out", str(out / "eval")], check=True)
     print(f"timings: fusion (features of train+val and the head) {fused - start:.0f} s, "
           f"evaluation {time.perf_counter() - fused:.0f} s")

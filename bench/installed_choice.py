@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.model import save_half
+from agefuse.fusion.model import save_half
 from peer_latency import bench_photos, ratios
 from utk_accuracy import evaluate_command, fusion_command, log_run
 

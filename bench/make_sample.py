@@ -8,7 +8,7 @@ import random
 import shutil
 from pathlib import Path
 
-from regions import labels, manifest
+from agefuse.regions import labels, manifest
 
 
 def main(args):

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from branches import AGE_LOGITS, load_branch  # noqa: E402
-from branches.data import cache_rows  # noqa: E402
-from fusion import read_features  # noqa: E402
-from fusion.features import batch_inputs, crops_read, fingerprint, read_crops  # noqa: E402
-from fusion.metrics import age_report  # noqa: E402
-from fusion.model import FusedModel, head_input, load_fused  # noqa: E402
+from agefuse.branches import AGE_LOGITS, load_branch  # noqa: E402
+from agefuse.branches.data import cache_rows  # noqa: E402
+from agefuse.fusion import read_features  # noqa: E402
+from agefuse.fusion.features import batch_inputs, crops_read, fingerprint, read_crops  # noqa: E402
+from agefuse.fusion.metrics import age_report  # noqa: E402
+from agefuse.fusion.model import FusedModel, head_input, load_fused  # noqa: E402
 
 
 def median_age(probabilities: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion import branch_pool, load_fused
-from fusion.onnx import OnnxModel
+from agefuse.fusion import branch_pool, load_fused
+from agefuse.fusion.onnx import OnnxModel
 from predict_latency import photo, sample_faces, timed
 
 

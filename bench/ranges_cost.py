@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from agefuse import recipe as recipes
-from regions import manifest
+from agefuse.regions import manifest
 
 RANGES = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]
 GROUPS = "r0-2:0-3,r4-6:4-7,r8-12:8-13,r15-20:14-22,r25-32:23-35,r38-43:36-45,r48-53:46-56,r60-100:57-"
@@ -62,14 +62,14 @@ def train_and_evaluate(name: str, cache: Path, exact_cache: Path, recipe, out: P
     runs.mkdir(parents=True, exist_ok=True)
     for region, options in recipe.branches.items():
         if not (runs / region / "best.pt").is_file():
-            run([sys.executable, "-m", "branches.train", "--cache", str(cache), "--region", region,
+            run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(cache), "--region", region,
                  "--out", str(runs / region), "--seed", str(recipe.seed), "--device", recipe.device,
                  *recipes.stage_argv("branch", options)], runs / f"{region}.log")
-    run([sys.executable, "-m", "fusion.train", "--cache", str(cache), "--runs", str(runs),
+    run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(cache), "--runs", str(runs),
          "--branches", ",".join(recipe.branches), "--out", str(runs / "fused"), "--seed", str(recipe.seed),
          *recipes.stage_argv("fusion", recipe.fusion)], runs / "fusion.log")
     # both judged on the exact ages of the same validation faces
-    run([sys.executable, "-m", "fusion.evaluate", "--model", str(runs / "fused" / "fused.pt"), "--cache",
+    run([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(runs / "fused" / "fused.pt"), "--cache",
          str(exact_cache), "--split", "val", "--groups", GROUPS, "--out", str(runs / "eval")], runs / "evaluate.log")
     fused = json.loads((runs / "eval" / "evaluation.json").read_text())["results"]["fused"]
     return {"labels": name, "mae": fused["mae"], "cs5": fused["cs5"],

@@ -29,7 +29,7 @@ def main(args):
         source.mkdir()
         for path in files:
             os.symlink(path.resolve(), source / path.name)
-        command = [sys.executable, "-m", "regions.cli", str(source), "--cache", str(work / "cache"),
+        command = [sys.executable, "-m", "agefuse.regions.cli", str(source), "--cache", str(work / "cache"),
                    "--workers", str(args.workers), "--detector", args.detector,
                    "--upsample", str(args.upsample)]
         start = time.perf_counter()

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fusion import branch_pool, crop_settings, load_fused, predict_faces
+from agefuse.fusion import branch_pool, crop_settings, load_fused, predict_faces
 from predict_latency import photo, sample_faces
 
 

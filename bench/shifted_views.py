@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fusion.metrics import gender_report  # noqa: E402
-from fusion.model import FusedModel  # noqa: E402
+from agefuse.fusion.metrics import gender_report  # noqa: E402
+from agefuse.fusion.model import FusedModel  # noqa: E402
 from median_estimate import load_run, one_branch, report, run_parser, validation_images  # noqa: E402
 
 AS_IT_IS = (1.0, 0.0, 0.0)

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from branches import augment
-from branches.data import RegionDataset
-from branches.model import branch_loss, create_model
+from agefuse.branches import augment
+from agefuse.branches.data import RegionDataset
+from agefuse.branches.model import branch_loss, create_model
 
 
 def step_speed(name, size, images, ages, genders, device, steps):

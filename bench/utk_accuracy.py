@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from agefuse import recipe as recipes
-from fusion.metrics import age_report, gender_report
+from agefuse.fusion.metrics import age_report, gender_report
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
 # each recipe's targets on the validation split (issue "accuracy II"); "decade": the worst MAE
@@ -60,13 +60,13 @@ def fusion_command(cache: Path, branches: dict[str, Path], out: Path, seed: int,
     """agefuse-train-fusion over ``branches`` (region -> best.pt, or None for a region it
     cross-fits), as a recipe's fusion stage runs it."""
     spec = ",".join(region if path is None else f"{region}={path}" for region, path in branches.items())
-    return [sys.executable, "-m", "fusion.train", "--cache", str(cache), "--branches", spec, "--out", str(out),
+    return [sys.executable, "-m", "agefuse.fusion.train", "--cache", str(cache), "--branches", spec, "--out", str(out),
             "--seed", str(seed), "--device", device, *options]
 
 
 def evaluate_command(model: Path, cache: Path, out: Path) -> list[str]:
     """agefuse-evaluate of ``model`` on the validation split."""
-    return [sys.executable, "-m", "fusion.evaluate", "--model", str(model), "--cache", str(cache),
+    return [sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(model), "--cache", str(cache),
             "--split", "val", "--out", str(out)]
 
 
@@ -83,7 +83,7 @@ def train_branch(cache: Path, out: Path, region: str, options: dict, recipe: rec
     start = time.perf_counter()
     # a run cut off part-way has a history too: resuming finishes it, and costs a finished run
     # only the loading ("nothing to do")
-    command = [sys.executable, "-m", "branches.train", "--cache", str(cache), "--region", region,
+    command = [sys.executable, "-m", "agefuse.branches.train", "--cache", str(cache), "--region", region,
                "--out", str(out), "--seed", str(recipe.seed), "--device", recipe.device,
                *recipes.stage_argv("branch", options)]
     if (out / "last.pt").is_file():
@@ -143,7 +143,7 @@ def run_joint(cache: Path, fused: Path, joint: Path, options: dict, recipe) -> P
         shutil.rmtree(joint)  # it started from another fusion head than this run's: redo it
         done = None
     if done is None:
-        log_run([sys.executable, "-m", "fusion.joint", "--cache", str(cache), "--fused", str(fused),
+        log_run([sys.executable, "-m", "agefuse.fusion.joint", "--cache", str(cache), "--fused", str(fused),
                  "--out", str(joint), "--seed", str(recipe.seed), "--device", recipe.device,
                  *recipes.stage_argv("joint", options), *(["--resume"] if (joint / "last.pt").is_file() else [])],
                 joint.parent / f"{joint.name}.log")
@@ -169,10 +169,10 @@ def main(args):
 
     # 1. regions
     tick = time.perf_counter()
-    log_run([sys.executable, "-m", "regions.cli", args.source, "--cache", str(cache), "--seed", str(recipe.seed),
+    log_run([sys.executable, "-m", "agefuse.regions.cli", args.source, "--cache", str(cache), "--seed", str(recipe.seed),
              *recipes.stage_argv("regions", recipe.regions)], out / "regions.log")
     timings["regions"] = time.perf_counter() - tick
-    from regions import manifest
+    from agefuse.regions import manifest
     every = manifest.load(cache)
     split_sizes = {s: sum(r["split"] == s and r["status"] != "rejected" for r in every) for s in ("train", "val", "test")}
     print(f"regions: {timings['regions'] / 60:.1f} min, split {split_sizes}", flush=True)

@@ -5,7 +5,7 @@ detection every frame and every 5th frame, and where the time goes.
 
 The videos (MJPG, 25 fps) are built in a temporary folder from bundled UTKFace faces,
 180 px, swaying sideways over a noisy gradient. Each configuration runs agefuse-watch's loop
-(``watch.loop.watch``, default settings otherwise) with its outputs written (the timeline,
+(``agefuse.watch.loop.watch``, default settings otherwise) with its outputs written (the timeline,
 the tracks and, unless ``--no-video``, the annotated mp4): detection every frame; every 5th
 frame with dlib's correlation tracker between (the default); every 5th frame with
 ``--tracker hold``. fps = frames / wall time of the loop; loading the model and a warm-up
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from predict_latency import sample_faces  # bench/ is on the path of a bench script
-from fusion import crop_settings, find_faces
-from regions import landmarks
-from watch.loop import FaceEstimator, Settings, Stopwatch, watch
-from watch.video import Outputs, open_source
+from agefuse.fusion import crop_settings, find_faces
+from agefuse.regions import landmarks
+from agefuse.watch.loop import FaceEstimator, Settings, Stopwatch, watch
+from agefuse.watch.video import Outputs, open_source
 
 LAYOUTS = {1: [(230, 150)], 3: [(30, 40), (430, 40), (230, 280)]}  # top-left corners of 180-px faces
 STAGES = ("decode", "detect", "landmarks+crops", "model", "track", "annotate", "encode", "write")

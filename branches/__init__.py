@@ -1,6 +1,6 @@
 """branches: one CNN per facial region, each trained alone on a regions cache.
 
-Command: ``agefuse-train-branch --cache CACHE --region face --out RUN`` (``branches.train``);
+Command: ``agefuse-train-branch --cache CACHE --region face --out RUN`` (``agefuse.branches.train``);
 ``agefuse-augment-grid`` shows the declared augmentation.
 Reads: the cache's ``manifest.jsonl`` and crops. Writes: ``RUN/best.pt`` and ``RUN/last.pt``
 (see docs/formats.md), ``history.json``, ``learning_curve.png``.
@@ -33,7 +33,7 @@ def augmentation(region: str, aug: str = "default", seed: int | None = None):
 
 
 def train_branch_parser():
-    """The agefuse-train-branch parser (imported on call: ``python -m branches.train`` runs it)."""
+    """The agefuse-train-branch parser (imported on call: ``python -m agefuse.branches.train`` runs it)."""
     from .train import get_args_parser
     return get_args_parser()
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from regions import manifest
+from agefuse.regions import manifest
 
 BRANCH_REGIONS = {
     "face": (("face", False),),

@@ -11,7 +11,7 @@ Writes to ``--out``: ``last.pt`` (every round: model, optimiser, sampler, stop r
 ``best.pt`` (the best validation round: what the fusion stage loads), ``history.json``,
 ``learning_curve.png`` and ``augmentation.json`` (the resolved pipeline).
 
-Several processes (DDP): ``torchrun --nproc_per_node 2 -m branches.train ...``: gloo on CPU,
+Several processes (DDP): ``torchrun --nproc_per_node 2 -m agefuse.branches.train ...``: gloo on CPU,
 NCCL on CUDA; each rank trains on a disjoint share of the same round.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, get_worker_info
 from tqdm import tqdm
 
-from bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
+from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
 from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, fold_spec, int_at_least, json_text, output_folder, run_command
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint

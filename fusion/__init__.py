@@ -1,10 +1,10 @@
 """fusion: the dense head over the branches, and everything that uses the fused model.
 
-Commands: ``agefuse-train-fusion`` (``fusion.train``), ``agefuse-train-joint`` (``fusion.joint``:
+Commands: ``agefuse-train-fusion`` (``agefuse.fusion.train``), ``agefuse-train-joint`` (``agefuse.fusion.joint``:
 branches and head fine-tuned together), ``agefuse-evaluate``,
-``agefuse-predict``, ``agefuse-export`` (also ``--format onnx``: ``fusion.onnx``),
-``agefuse-audit`` (``fusion.audit``: suspect labels, near duplicates), ``agefuse-serve``
-(``fusion.serve``: a local HTTP service and page).
+``agefuse-predict``, ``agefuse-export`` (also ``--format onnx``: ``agefuse.fusion.onnx``),
+``agefuse-audit`` (``agefuse.fusion.audit``: suspect labels, near duplicates), ``agefuse-serve``
+(``agefuse.fusion.serve``: a local HTTP service and page).
 Reads: the regions cache and each branch's ``best.pt``. Writes: ``FUSED/fused.pt`` (branches,
 head, the interval's temperature and the cache's crop settings in one file; docs/formats.md),
 evaluation tables and plots, predictions as JSON and annotated photos.
@@ -28,7 +28,7 @@ import importlib
 from .features import oof_path, read_features
 from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
 
-# the commands' modules load on first use, so ``python -m fusion.predict`` (or train) does
+# the commands' modules load on first use, so ``python -m agefuse.fusion.predict`` (or train) does
 # not find itself imported already
 _FROM_PREDICT = ("branch_pool", "crop_settings", "draw_labelled_box", "estimate", "find_faces", "predict_faces")
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from agefuse.cli import HelpFormatter, existing_file, int_at_least, output_folder, run_command
-from regions import manifest, near_duplicates
+from agefuse.regions import manifest, near_duplicates
 
 from .features import extract, read_crops
 from .model import load_fused

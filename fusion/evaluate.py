@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regions import DETECTORS, build_cache, manifest
+from agefuse.regions import DETECTORS, build_cache, manifest
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
 
 from .features import extract

@@ -1,5 +1,5 @@
 """agefuse-export: the fused model (branches + head) as one ``torch.export`` file (.pt2), or
-as one ONNX file (``--format onnx``, see ``fusion.onnx``).
+as one ONNX file (``--format onnx``, see ``agefuse.fusion.onnx``).
 
     agefuse-export --model runs/fused/fused.pt --out runs/fused/fused.pt2
     agefuse-export --model runs/fused/fused.pt --format onnx --out runs/fused/fused.onnx
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from branches import BRANCH_REGIONS
+from agefuse.branches import BRANCH_REGIONS
 from agefuse.cli import HelpFormatter, existing_file, run_command
 
 from .model import FusedModel, load_fused

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from branches import BRANCH_REGIONS, UNKNOWN_GENDER, FoldAverage, age_range_of, load_branch
-from regions import REGIONS, manifest
+from agefuse.branches import BRANCH_REGIONS, UNKNOWN_GENDER, FoldAverage, age_range_of, load_branch
+from agefuse.regions import REGIONS, manifest
 
 from .model import FusedModel
 

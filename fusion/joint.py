@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
-from branches import (BRANCH_REGIONS, GENDER_WEIGHT, UNKNOWN_GENDER, CheckpointError, age_range_of, augmentation,
+from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
+from agefuse.branches import (BRANCH_REGIONS, GENDER_WEIGHT, UNKNOWN_GENDER, CheckpointError, age_range_of, augmentation,
                       branch_loss, read_torch_file)
-from regions import manifest
+from agefuse.regions import manifest
 from agefuse.cli import (HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder,
                          run_command)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, FoldAverage,
+from agefuse.branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, FoldAverage,
                       fold_norms, load_branch, model_from_args, read_torch_file)
-from regions import Settings as CropSettings, manifest
+from agefuse.regions import Settings as CropSettings, manifest
 
 
 class BranchBlock:

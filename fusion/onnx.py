@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regions import Settings
+from agefuse.regions import Settings
 
 from .export import example_inputs, meta
 from .model import FusedModel

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
-from regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
+from agefuse.regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
 
 from .features import batch_inputs, crops_read
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, parse_groups

@@ -43,7 +43,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from regions import TooLarge, decode
+    from agefuse.regions import TooLarge, decode
 
     from .model import load_fused
     from .predict import branch_pool, crop_settings, predict_faces

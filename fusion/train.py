@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bootstrap import group_weights
-from branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
-from regions import manifest, read_settings
+from agefuse.bootstrap import group_weights
+from agefuse.branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
+from agefuse.regions import manifest, read_settings
 from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
 
 from .features import averaged_branch, fold_branches, out_of_fold, split_features

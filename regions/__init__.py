@@ -1,6 +1,6 @@
 """regions: face photos in, region crops cached by age group out.
 
-Command: ``agefuse-regions SOURCE --cache CACHE`` (``regions.cli``); also ``agefuse-report``
+Command: ``agefuse-regions SOURCE --cache CACHE`` (``agefuse.regions.cli``); also ``agefuse-report``
 and ``agefuse-regions-merge``.
 Reads: a folder of images, labels from UTKFace names or ``--labels labels.csv``.
 Writes: ``CACHE/<age_group>/<region>/<id>.<ext>``, ``CACHE/manifest.jsonl`` and
@@ -25,7 +25,7 @@ from .landmarks import DETECTORS
 from .pipeline import Settings, TooLarge, decode, faces_in, read_image_file, read_settings
 
 
-# the command's module is imported on call, so ``python -m regions.cli`` does not find it
+# the command's module is imported on call, so ``python -m agefuse.regions.cli`` does not find it
 # imported already
 def regions_parser():
     """The agefuse-regions parser."""

@@ -52,7 +52,7 @@ class BoxFraming:
     fill: float = 0.9
 
 
-# Each region once, by the landmark names of ``regions.landmarks.LANDMARKS``: the registry
+# Each region once, by the landmark names of ``agefuse.regions.landmarks.LANDMARKS``: the registry
 # every command's region choices come from.
 REGIONS = {
     ORIGINAL: BoxFraming(),

@@ -26,7 +26,7 @@ def link_images(folder: Path, files: list[Path]) -> Path:
 
 
 def run_regions(*args, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "regions.cli", *map(str, args)],
+    result = subprocess.run([sys.executable, "-m", "agefuse.regions.cli", *map(str, args)],
                             capture_output=True, text=True, cwd=ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"agefuse-regions failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -60,10 +60,10 @@ def sample_fused(sample_cache, tmp_path_factory) -> Path:
     fusion head over them: the fused.pt a user gets from the main job, in miniature."""
     root = tmp_path_factory.mktemp("fused")
     for region in ("face", "eyes", "mouth", "original"):
-        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", region,
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", region,
                         "--out", str(root / "runs" / region), "--image-size", "40", "--batch-size", "32",
                         "--max-rounds", "6", "--lr", "3e-3", "--workers", "0"],
                        cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs", str(root / "runs"),
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--runs", str(root / "runs"),
                     "--out", str(root / "fused")], cwd=ROOT, check=True, capture_output=True)
     return root / "fused" / "fused.pt"

@@ -7,7 +7,7 @@ import cv2
 import pytest
 
 import agefuse
-from fusion import DEFAULT_MODEL, load_fused
+from agefuse.fusion import DEFAULT_MODEL, load_fused
 from conftest import SAMPLE
 
 PHOTO = SAMPLE / "35_0_3_20170119201338805.jpg.chip.jpg"
@@ -52,7 +52,7 @@ def test_predict_takes_a_nested_folder_and_a_glob_and_writes_one_csv(tmp_path):
     """Sub-folders are searched, a text file is not an image, a corrupt JPEG is one line."""
     import csv
     import shutil
-    from fusion import predict
+    from agefuse.fusion import predict
     folder = tmp_path / "photos"
     (folder / "a" / "b").mkdir(parents=True)
     faces = sorted(SAMPLE.glob("*.jpg"))[100:103]
@@ -87,9 +87,9 @@ def onnx_model(tmp_path_factory):
 
 
 def test_onnx_runtime_gives_pytorch_s_outputs_on_20_real_faces(onnx_model):
-    from fusion.features import batch_inputs
-    from fusion.onnx import OnnxModel
-    from regions import faces_in
+    from agefuse.fusion.features import batch_inputs
+    from agefuse.fusion.onnx import OnnxModel
+    from agefuse.regions import faces_in
     model, _ = load_fused()
     exported = OnnxModel(onnx_model)
     assert exported.regions == model.regions and exported.image_sizes == model.image_sizes
@@ -110,7 +110,7 @@ def test_onnx_runtime_gives_pytorch_s_outputs_on_20_real_faces(onnx_model):
 
 
 def test_predict_with_the_onnx_engine_gives_the_pytorch_records(onnx_model, tmp_path):
-    from fusion import predict
+    from agefuse.fusion import predict
     for engine, model in (("torch", None), ("onnx", onnx_model)):
         argv = [str(PHOTO), "--out", str(tmp_path / engine), "--engine", engine, "--no-annotate"]
         args = predict.get_args_parser().parse_args(argv + (["--model", str(model)] if model else []))

@@ -4,7 +4,7 @@ import csv
 import numpy as np
 import pytest
 
-from fusion import audit
+from agefuse.fusion import audit
 from conftest import SAMPLE, manifest_rows, run_regions
 
 

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from branches import augment
+from agefuse.branches import augment
 from conftest import SAMPLE
 
 IMAGE = cv2.cvtColor(cv2.resize(cv2.imread(str(sorted(SAMPLE.glob("*.jpg"))[40])), (96, 96)),
@@ -63,7 +63,7 @@ def test_unknown_transform_and_missing_region_are_clear_errors(tmp_path):
 
 
 def test_a_further_network_on_a_crop_is_augmented_as_the_first():
-    from branches import BRANCH_REGIONS
+    from agefuse.branches import BRANCH_REGIONS
     for alt, first in (("face_alt", "face"), ("original_alt", "original"), ("original_alt2", "original"),
                        ("face_chip_alt", "face_chip")):
         assert BRANCH_REGIONS[alt] == BRANCH_REGIONS[first]

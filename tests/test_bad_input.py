@@ -74,7 +74,7 @@ def test_a_decompression_bomb_among_good_images_is_skipped_and_named_and_the_rer
 def test_an_image_whose_size_pillow_cannot_read_is_refused_not_decoded_without_a_limit(tmp_path):
     """OpenCV decodes a PNG whose text chunk fails its checksum (only warning); a bomb built so
     would pass a limit read from the header by Pillow. It is refused before any decoding."""
-    from regions import TooLarge, decode
+    from agefuse.regions import TooLarge, decode
     ok, png = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
     png = png.tobytes()
     broken = png[:33] + struct.pack(">I", 3) + b"tEXtk\x00v" + b"\x00" * 4 + png[33:]  # after IHDR
@@ -88,7 +88,7 @@ def test_an_image_whose_size_pillow_cannot_read_is_refused_not_decoded_without_a
 
 def test_a_complete_jpeg_with_data_appended_is_read_and_a_cut_one_is_refused():
     """Motion photos append a video (any bytes, markers included) after the end marker."""
-    from regions import decode
+    from agefuse.regions import decode
     data = GOOD.read_bytes()
     appended = data + b"\xff\xda\x00\x08" + np.random.default_rng(0).bytes(5000)
     assert decode(appended).shape == decode(data).shape
@@ -164,7 +164,7 @@ def test_a_model_file_of_another_kind_is_named_for_what_it_is(tmp_path):
     import zipfile
 
     import torch
-    from branches.checkpoint import CheckpointError, read_torch_file
+    from agefuse.branches.checkpoint import CheckpointError, read_torch_file
     (tmp_path / "notes.pt").write_text("not a model\n")
     with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
         archive.writestr("model/archive_format", "pt2")
@@ -198,7 +198,7 @@ def test_predict_given_an_exported_model_says_how_to_run_it_and_counts_an_empty_
                                    {"branch_args": {}, "interval": "wide"}])
 def test_a_tensor_file_with_the_wrong_fields_is_named_not_a_traceback(state, tmp_path):
     import torch
-    from fusion import load_fused
+    from agefuse.fusion import load_fused
     torch.save(state, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match=r"odd.pt: not an agefuse fused model \(its fields do not fit"):
         load_fused(tmp_path / "odd.pt")

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from bootstrap import RebalancedBootstrapSampler, StopRule, target_shares
+from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, target_shares
 
 GROUPS = ["20-29"] * 1000 + ["70+"] * 100 + ["0-2"] * 10
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from branches import backbones, train
-from branches.checkpoint import CheckpointError, load_branch, load_checkpoint
-from branches.model import branch_loss, create_model
+from agefuse.branches import backbones, train
+from agefuse.branches.checkpoint import CheckpointError, load_branch, load_checkpoint
+from agefuse.branches.model import branch_loss, create_model
 from conftest import ROOT, manifest_rows
-from regions.manifest import in_fusion_holdout
+from agefuse.regions.manifest import in_fusion_holdout
 
 FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "32", "--workers", "0",
         "--threads", "2"]
@@ -62,7 +62,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(sample_cache, t
     extra = ["--max-rounds", "3", "--round-size", "600", "--aug", "default"]
     assert train.main(train_args(sample_cache, tmp_path / "whole", *extra)) == 0
 
-    command = [sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "face",
+    command = [sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "face",
                "--out", str(tmp_path / "cut"), *FAST, *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -82,7 +82,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(sample_cache, t
 
 def test_two_process_gloo_ddp_run_completes(sample_cache, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "branches.train", "--cache", str(sample_cache), "--region", "mouth",
+               "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "mouth",
                "--out", str(tmp_path), *FAST, "--threads", "1", "--max-rounds", "2"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -98,7 +98,7 @@ def test_bad_caches_give_one_clear_line(sample_cache, tmp_path):
     rows = [json.loads(line) for line in (cache / "manifest.jsonl").read_text().splitlines()]
 
     def run(*extra):
-        result = subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(cache), "--out",
+        result = subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(cache), "--out",
                                  str(tmp_path / "run"), *FAST, "--max-rounds", "1", *extra],
                                 cwd=ROOT, capture_output=True, text=True)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-1500:]

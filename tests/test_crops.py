@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from regions import crop, landmarks
+from agefuse.regions import crop, landmarks
 from conftest import SAMPLE, link_images, manifest_rows, run_regions, sample_files
 
 # each part crop must hold the landmarks it is named after
@@ -78,7 +78,7 @@ def test_original_frames_the_detected_box_as_a_chip_does(hog_cache):
 
 def test_asking_for_some_crops_cuts_the_same_pixels_and_skips_landmarks_it_does_not_need():
     """What ``agefuse-predict`` does for a model that reads only some crops."""
-    from regions.pipeline import Settings, detect
+    from agefuse.regions.pipeline import Settings, detect
     image = cv2.imread(str(sample_files(1, offset=7)[0]))
     (every,), _ = detect(image, Settings())
     (boxed,), _ = detect(image, Settings(), crops=("original",))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from branches import backbones, dlib_face
-from branches.model import create_model
+from agefuse.branches import backbones, dlib_face
+from agefuse.branches.model import create_model
 from conftest import SAMPLE
 
 dlib = pytest.importorskip("dlib")

@@ -11,15 +11,15 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from bootstrap import group_weights
-from fusion import evaluate, export, metrics, predict
-from branches import load_branch
-from branches.data import cache_rows
-from fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
-from fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
-from fusion.train import BestEpochs, epoch_order
+from agefuse.bootstrap import group_weights
+from agefuse.fusion import evaluate, export, metrics, predict
+from agefuse.branches import load_branch
+from agefuse.branches.data import cache_rows
+from agefuse.fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
+from agefuse.fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
+from agefuse.fusion.train import BestEpochs, epoch_order
 from conftest import ROOT, link_images, manifest_rows, sample_files
-from regions.manifest import hashed_share
+from agefuse.regions.manifest import hashed_share
 
 
 def test_metrics_equal_scikit_learn():
@@ -108,8 +108,8 @@ def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache
 def test_a_model_of_the_original_branch_alone_predicts_as_from_every_crop(sample_fused, tmp_path):
     """predict cuts only the crops a model reads: a model of the box-framed ``original``
     branch skips the landmarks and gives what it gives from the full set of crops."""
-    from fusion.model import FusedModel
-    from regions import faces_in
+    from agefuse.fusion.model import FusedModel
+    from agefuse.regions import faces_in
     full, _ = load_fused(sample_fused)
     at = full.regions.index("original")
     only = FusedModel({"original": full.branches[at]}, {"original": full.image_sizes[at]},
@@ -191,7 +191,7 @@ def test_export_round_trips_without_the_training_code(sample_fused, tmp_path):
 
 
 def test_a_half_precision_copy_predicts_as_the_full_model(sample_fused, sample_cache, tmp_path):
-    from fusion.model import save_half
+    from agefuse.fusion.model import save_half
     half_path = save_half(sample_fused, tmp_path / "half.pt")
     assert half_path.stat().st_size < 0.6 * sample_fused.stat().st_size
     full, _ = load_fused(sample_fused)
@@ -210,7 +210,7 @@ def test_predict_works_out_of_the_box_with_the_installed_model(tmp_path):
     figure: the sample's faces come from the pool that model was trained on."""
     assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size <= 20e6
     files = sample_files(12, offset=3)
-    result = subprocess.run([sys.executable, "-m", "fusion.predict", *map(str, files), "--out", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "agefuse.fusion.predict", *map(str, files), "--out", str(tmp_path),
                              "--no-annotate"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -263,7 +263,7 @@ def _fusion_again(sample_fused, sample_cache, tmp_path, *options: str) -> Path:
     features already cached in a copy of its folder); its fused.pt."""
     shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
     spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
-    subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--branches", spec,
                     "--out", str(tmp_path / "fused"), *options], cwd=ROOT, check=True, capture_output=True)
     return tmp_path / "fused" / "fused.pt"
 
@@ -337,7 +337,7 @@ def eyes_folds(sample_cache, tmp_path_factory) -> list[Path]:
     """Two eyes branches of the sample, each trained on one half of the training faces."""
     out = tmp_path_factory.mktemp("eyes-folds")
     for i in (1, 2):
-        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "eyes",
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "eyes",
                         "--out", str(out / f"eyes-{i}"), "--image-size", "40", "--batch-size", "32",
                         "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
                        cwd=ROOT, check=True, capture_output=True)
@@ -377,7 +377,7 @@ def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(
     runs = Path(sample_fused).parents[1] / "runs"
     for given, message in ((f"{runs / 'eyes' / 'best.pt'},{folds[0]}", "not a fold branch"),
                            (f"{folds[0]},{folds[0]}", "each part once")):
-        refused = subprocess.run([sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--runs", str(runs),
+        refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--runs", str(runs),
                                   "--out", str(tmp_path / "refused"), "--out-of-fold", f"eyes={given}"],
                                  cwd=ROOT, capture_output=True, text=True)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
@@ -390,7 +390,7 @@ def test_an_out_of_fold_regions_branch_is_not_run_over_the_training_faces(sample
     # need not see the training faces: in cpu-long that was most of the fusion stage's time
     spec = ",".join(f"{r}={p}" for r, p in json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"].items())
     folds = ["--epochs", "2", "--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}"]
-    command = [sys.executable, "-m", "fusion.train", "--cache", str(sample_cache), "--branches", spec,
+    command = [sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--branches", spec,
                "--out", str(tmp_path / "fresh")]
     subprocess.run(command + folds, cwd=ROOT, check=True, capture_output=True)
     (path,) = [p for p in (tmp_path / "fresh").glob("features-train-*.npz") if "oof" not in p.name]
@@ -425,7 +425,7 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
     given = json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"]
     spec = ",".join("eyes" if r == "eyes" else f"{r}={p}" for r, p in given.items())
     options = ["--cache", str(sample_cache), "--branches", spec, "--runs", str(tmp_path / "nothing"), "--epochs", "2"]
-    subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "fused"),
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", *options, "--out", str(tmp_path / "fused"),
                     "--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}", "--cross-fit"],
                    cwd=ROOT, check=True, capture_output=True)
     model, state = load_fused(tmp_path / "fused" / "fused.pt", fold=False)
@@ -455,7 +455,7 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
         torch.set_num_threads(threads)
     np.testing.assert_allclose(side_by_side.numpy(), block.numpy(), atol=1e-3)
     # cross-fitting without fold branches is refused in one line
-    refused = subprocess.run([sys.executable, "-m", "fusion.train", *options, "--out", str(tmp_path / "refused"),
+    refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", *options, "--out", str(tmp_path / "refused"),
                               "--cross-fit"], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "--cross-fit" in refused.stderr and "Traceback" not in refused.stderr
 

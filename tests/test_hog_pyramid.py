@@ -1,11 +1,11 @@
-"""The HOG detector on two threads (regions.hog_pyramid) against dlib's own, on real photos."""
+"""The HOG detector on two threads (agefuse.regions.hog_pyramid) against dlib's own, on real photos."""
 import cv2
 import numpy as np
 import pytest
 
 from conftest import sample_files
-from regions import landmarks
-from regions.hog_pyramid import box_of, split_detector
+from agefuse.regions import landmarks
+from agefuse.regions.hog_pyramid import box_of, split_detector
 
 
 def photos():

@@ -6,14 +6,14 @@ import sys
 
 import torch
 
-from fusion import load_fused
-from fusion.model import save_half
+from agefuse.fusion import load_fused
+from agefuse.fusion.model import save_half
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def joint(cache, fused, out, *extra):
-    return subprocess.run([sys.executable, "-m", "fusion.joint", "--cache", str(cache), "--fused", str(fused),
+    return subprocess.run([sys.executable, "-m", "agefuse.fusion.joint", "--cache", str(cache), "--fused", str(fused),
                            "--out", str(out), "--round-size", "64", "--batch-size", "16", "--workers", "0",
                            "--epsilon", "1e-9", "--lr", "1e-3", "--head-lr", "1e-3", *extra],
                           cwd=ROOT, capture_output=True, text=True)

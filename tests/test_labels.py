@@ -1,6 +1,6 @@
 import pytest
 
-from regions import labels
+from agefuse.regions import labels
 
 
 def test_utkface_name_gives_age_gender_race():

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from branches import branch_loss
-from branches.data import RegionDataset
-from branches.model import soft_targets
-from fusion.groups import group_index, group_probabilities, parse_groups
-from regions import labels
+from agefuse.branches import branch_loss
+from agefuse.branches.data import RegionDataset
+from agefuse.branches.model import soft_targets
+from agefuse.fusion.groups import group_index, group_probabilities, parse_groups
+from agefuse.regions import labels
 from conftest import ROOT, SAMPLE, manifest_rows, run_regions
 
 ADIENCE_RANGES = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]
@@ -54,7 +54,7 @@ def test_a_csv_mixing_exact_ages_and_ranges_trains_a_branch(tmp_path):
     data = RegionDataset(tmp_path / "cache", "face", "train", 32)
     spans = data.targets[:, 4] - data.targets[:, 3]
     assert (spans > 0).any() and (spans == 0).any(), "both kinds reach training"
-    run = subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(tmp_path / "cache"), "--region", "face",
+    run = subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(tmp_path / "cache"), "--region", "face",
                           "--out", str(tmp_path / "run"), "--image-size", "32", "--max-rounds", "2", "--workers", "0",
                           "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]

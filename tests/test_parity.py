@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from agefuse import recipe as recipes
-from branches import create_model, load_branch
-from fusion import FusedModel, evaluate, load_fused, predict
-from regions import faces_in, read_settings
+from agefuse.branches import create_model, load_branch
+from agefuse.fusion import FusedModel, evaluate, load_fused, predict
+from agefuse.regions import faces_in, read_settings
 from conftest import ROOT, manifest_rows, run_regions, sample_files
 
 # (scale of the 200-px chip, left, top) in a 640x480 photo: middle, corners, small, large
@@ -114,7 +114,7 @@ def test_a_recipe_and_a_seed_give_identical_weights(sample_cache, tmp_path):
     recipe = recipes.load(path)
     weights = []
     for run in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "branches.train", "--cache", str(sample_cache), "--region", "face",
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "face",
                         "--out", str(tmp_path / run), "--seed", str(recipe.seed),
                         *recipes.stage_argv("branch", recipe.branches["face"])],
                        cwd=ROOT, check=True, capture_output=True)

@@ -9,7 +9,7 @@ import time
 import cv2
 import pytest
 
-from regions import manifest
+from agefuse.regions import manifest
 from conftest import ROOT, link_images, manifest_rows, run_regions, sample_files
 
 
@@ -51,7 +51,7 @@ def test_missing_source_is_one_clear_line(tmp_path):
 
 
 def _start(source, cache, workers, detector):
-    return subprocess.Popen([sys.executable, "-m", "regions.cli", str(source), "--cache", str(cache),
+    return subprocess.Popen([sys.executable, "-m", "agefuse.regions.cli", str(source), "--cache", str(cache),
                              "--workers", str(workers), "--seed", "3", "--detector", detector],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell's background job inherits SIGINT ignored, and Python then never
@@ -144,7 +144,7 @@ def test_shards_are_disjoint_and_merge_to_the_whole(tmp_path, hog_cache):
     parts = [manifest_rows(tmp_path / "sharded", f"manifest.shard-{k}-of-3.jsonl") for k in range(3)]
     ids = [r["id"] for part in parts for r in part]
     assert len(ids) == len(set(ids)) == 36 and all(parts)
-    subprocess.run([sys.executable, "-c", "import sys; from regions.cli import merge_main; "
+    subprocess.run([sys.executable, "-c", "import sys; from agefuse.regions.cli import merge_main; "
                     f"sys.exit(merge_main([{str(tmp_path / 'sharded')!r}]))"], check=True, cwd=ROOT)
     assert manifest_rows(tmp_path / "sharded") == manifest_rows(hog_cache)
 

@@ -3,7 +3,7 @@ import os
 import shutil
 
 from conftest import link_images, run_regions, sample_files
-from regions import report
+from agefuse.regions import report
 
 
 def test_report_writes_plots_and_finds_a_planted_duplicate(tmp_path):

@@ -10,7 +10,7 @@ from conftest import SAMPLE
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from fusion.serve import create_app  # noqa: E402
+from agefuse.fusion.serve import create_app  # noqa: E402
 
 PHOTO = SAMPLE / "35_0_3_20170119201338805.jpg.chip.jpg"
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE
-from watch import cli
-from watch.tracks import LEFT, LOST, ENDED, Measurement, TrackSet, running_estimate
+from agefuse.watch import cli
+from agefuse.watch.tracks import LEFT, LOST, ENDED, Measurement, TrackSet, running_estimate
 
 STAYING = SAMPLE / "4_1_4_20170103212605868.jpg.chip.jpg"    # aged 4: stays to the end
 LEAVING = SAMPLE / "65_1_0_20170110160643923.jpg.chip.jpg"   # aged 65: leaves through the right edge
@@ -202,7 +202,7 @@ def test_the_running_estimate_is_no_worse_than_a_single_frame(two_faces):
 
 
 def run_watch(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "watch.cli", *map(str, args)], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "agefuse.watch.cli", *map(str, args)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 

@@ -1,9 +1,9 @@
 """watch: age and gender of the faces in a video or a camera, averaged over time per face.
 
 Command: ``agefuse-watch --source VIDEO_OR_CAMERA_INDEX --model FUSED/fused.pt --out OUT``
-(``watch.cli``). Reads: a video file or a camera (OpenCV), the fused model of
+(``agefuse.watch.cli``). Reads: a video file or a camera (OpenCV), the fused model of
 agefuse-train-fusion. Writes: ``OUT/timeline.csv``, ``OUT/tracks.jsonl``,
 ``OUT/annotated.mp4``, ``OUT/summary.json`` (see docs/formats.md).
-``watch.tracks`` is the track and buffer logic alone (no video, no model);
-``watch.loop.watch`` runs a source through detection, estimation and tracking.
+``agefuse.watch.tracks`` is the track and buffer logic alone (no video, no model);
+``agefuse.watch.loop.watch`` runs a source through detection, estimation and tracking.
 """

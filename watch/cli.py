@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
-from regions import DETECTORS
+from agefuse.regions import DETECTORS
 
 from . import video
 from .tracks import AVERAGES

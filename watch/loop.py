@@ -7,7 +7,7 @@ That is most of the cost (50-150 ms a frame on a 2-core CPU), so on the frames b
 the faces are only followed, by dlib's correlation tracker: about 5 ms a face, it
 follows a face that moves or turns a little, where holding the last box (``--tracker hold``)
 would lag behind a moving face until the next detection and could then fail the overlap
-match. Detections are matched to tracks by IoU (``watch.tracks``), which is enough when the
+match. Detections are matched to tracks by IoU (``agefuse.watch.tracks``), which is enough when the
 tracker has kept each box on its face.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from fusion import branch_pool, crop_settings, estimate, find_faces, load_fused
+from agefuse.fusion import branch_pool, crop_settings, estimate, find_faces, load_fused
 
 from .tracks import ENDED, INTERRUPTED, Box, Measurement, TrackSet
 from .video import Outputs, Source, annotate, read_frames

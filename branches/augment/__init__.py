@@ -6,7 +6,7 @@ steps ``{"TransformName": {arguments}}``; ``OneOf``/``SomeOf``/``Sequential`` ta
 defined here, ``ColorSpaceView`` and ``Denoise``. ``--aug none`` gives an empty pipeline.
 
 Eyes: a flipped left eye looks like a right eye, so the ``eyes`` branch is fed left eyes and
-mirrored right eyes (see ``branches.data``), and its pipeline has no horizontal flip.
+mirrored right eyes (see ``agefuse.branches.data``), and its pipeline has no horizontal flip.
 """
 from __future__ import annotations
 
