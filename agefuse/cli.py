@@ -72,6 +72,23 @@ def device_name(text: str) -> str:
     return text
 
 
+def torch_device(name: str):
+    """The ``torch.device`` a ``--device`` value (``device_name``) names: ``auto`` is CUDA when
+    torch sees a CUDA device, else the CPU; a device asked for that is not there is a
+    ``ValueError`` of one line (``run_command`` prints it). torch loads here, on first use, so
+    the commands that never pick a device stay light."""
+    import torch
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked, but torch sees no CUDA device")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} asked, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked, but torch sees no MPS device")
+    return torch.device(name)
+
+
 def output_folder(text: str) -> str:
     """A folder to write into: made when missing, refused when a file has that name."""
     path = Path(text)

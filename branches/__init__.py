@@ -8,7 +8,8 @@ Reads: the cache's ``manifest.jsonl`` and crops. Writes: ``RUN/best.pt`` and ``R
 Offers to the next stage:
 - ``load_branch(path)``: a trained branch from its checkpoint; ``create_model(name, ...)``
   a new one, ``name`` from the ``BACKBONES`` registry; ``model_from_args(args)`` one shaped
-  as a file's ``model_args`` say; ``FoldAverage(members)``: fold branches as one;
+  as a file's ``model_args`` say (``current_model_args``: those args in this version's terms,
+  a setting since removed refused by name); ``FoldAverage(members)``: fold branches as one;
 - a branch's outputs by name: ``EMBEDDING`` (``model.embedding_dim`` wide), ``AGE``,
   ``GENDER_LOGIT`` (``BRANCH_OUTPUTS``), and ``branch_loss`` over them;
 - ``BRANCH_REGIONS``: the branch regions and the cache crops each reads; ``MIRROR_INVARIANT``:
@@ -19,9 +20,9 @@ Offers to the next stage:
 """
 from .backbones import BACKBONES, fold_norms
 from .checkpoint import CheckpointError, load_branch, read_torch_file
-from .data import BRANCH_REGIONS, MIRROR_INVARIANT, UNKNOWN_GENDER, CacheError, age_range_of
+from .data import BRANCH_REGIONS, MIRROR_INVARIANT, UNKNOWN_GENDER, CacheError, RegionDataset, age_range_of
 from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, GENDER_WEIGHT, MAX_AGE,
-                    FoldAverage, branch_loss, create_model, model_from_args)
+                    FoldAverage, branch_loss, create_model, current_model_args, model_from_args)
 
 
 
@@ -38,6 +39,6 @@ def train_branch_parser():
     return get_args_parser()
 
 
-__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError",
-           "EMBEDDING", "EMBEDDING_DIM", "FoldAverage", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "augmentation", "branch_loss", "create_model", "fold_norms", "load_branch", "model_from_args", "read_torch_file",
+__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError", "RegionDataset",
+           "EMBEDDING", "EMBEDDING_DIM", "FoldAverage", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "augmentation", "branch_loss", "create_model", "current_model_args", "fold_norms", "load_branch", "model_from_args", "read_torch_file",
            "train_branch_parser"]

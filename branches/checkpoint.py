@@ -6,16 +6,16 @@ Keys: ``model``, ``optimizer``, ``sampler``, ``stop``, ``round``, ``history``, `
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from .model import MODEL_ARG_DEFAULTS, BranchModel, model_from_args
+from agefuse.files import atomic_write
 
-MODEL_ARG_NAMES = ("region", "model", "age_head", "max_age", "embedding_dim", "image_size", "fusion_holdout",
-                   "feature_scale", "fold")
+from .model import MODEL_ARG_DEFAULTS, BranchModel, current_model_args, model_from_args
+
+MODEL_ARG_NAMES = ("region", "model", "max_age", "embedding_dim", "image_size", "feature_scale", "fold")
 
 
 class CheckpointError(ValueError):
@@ -27,9 +27,8 @@ def model_args_of(args) -> dict:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint whole
+    with atomic_write(path) as tmp:  # a kill during the save leaves the previous checkpoint whole
+        torch.save(state, tmp)
 
 
 def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):
@@ -81,7 +80,10 @@ def load_checkpoint(path: str | Path, expected_model_args: dict | None = None) -
     state = read_torch_file(path)
     if not isinstance(state, dict) or "model_args" not in state:
         raise CheckpointError(f"{path}: not an agefuse branch checkpoint (no model_args)")
-    state["model_args"] = {**MODEL_ARG_DEFAULTS, **state["model_args"]}
+    try:  # today's arguments: a file from before one was added, or after one was removed, still reads
+        state["model_args"] = current_model_args(state["model_args"], path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     if expected_model_args is not None:
         # both sides filled from the defaults, so a key added since either was written is no difference
         expected = {**MODEL_ARG_DEFAULTS, **expected_model_args}

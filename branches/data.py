@@ -52,11 +52,9 @@ class CacheError(ValueError):
     """The cache cannot serve this region or split; the message says why."""
 
 
-def cache_rows(cache: str | Path, region: str, split: str, fusion_holdout: float = 0.0,
-               fold: tuple[int, int] | None = None) -> list[dict]:
+def cache_rows(cache: str | Path, region: str, split: str, *, fold: tuple[int, int] | None = None) -> list[dict]:
     """Manifest rows of ``split`` that have every crop ``region`` needs, checked on disk;
-    for ``train``, without the ``fusion_holdout`` share kept for the fusion head, and
-    without the part ``fold`` (I, K) names (``manifest.fold_of``)."""
+    for ``train``, without the part ``fold`` (I, K) names (``manifest.fold_of``)."""
     if region not in BRANCH_REGIONS:
         raise CacheError(f"unknown region {region!r}; choose one of {sorted(BRANCH_REGIONS)}")
     cache = Path(cache)
@@ -67,8 +65,7 @@ def cache_rows(cache: str | Path, region: str, split: str, fusion_holdout: float
         raise CacheError(f"{cache}: the cache has no {lacking[0]} crops (region {region!r}); "
                          f"rebuild it with agefuse-regions")
     chosen = [r for r in rows if r["split"] == split and r.get("age") is not None
-              and not (split == "train" and (manifest.in_fusion_holdout(r["id"], fusion_holdout)
-                                             or (fold and manifest.fold_of(r["id"], fold[1]) == fold[0] - 1)))]
+              and not (split == "train" and fold and manifest.fold_of(r["id"], fold[1]) == fold[0] - 1)]
     if not chosen:
         raise CacheError(f"{cache}: the {split!r} split is empty "
                          f"(splits here: {sorted({r['split'] for r in rows})})")
@@ -95,9 +92,9 @@ class RegionDataset(Dataset):
     """
 
     def __init__(self, cache: str | Path, region: str, split: str, image_size: int,
-                 transform=None, fusion_holdout: float = 0.0, fold: tuple[int, int] | None = None):
+                 transform=None, *, fold: tuple[int, int] | None = None):
         self.cache, self.image_size, self.transform = Path(cache), image_size, transform
-        self.rows = cache_rows(cache, region, split, fusion_holdout, fold)
+        self.rows = cache_rows(cache, region, split, fold=fold)
         self.samples = [(str(self.cache / row["crops"][name]), mirror, index)
                         for index, row in enumerate(self.rows)
                         for name, mirror in BRANCH_REGIONS[region]]
@@ -113,6 +110,11 @@ class RegionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def reseed(self, seed: int) -> None:
+        """The augmentation's seed (``bootstrap.seed_worker`` calls it in each loader worker)."""
+        if self.transform is not None:
+            self.transform.set_random_seed(seed % 2**31)
 
     def load(self, index: int) -> np.ndarray:
         path, mirror, _ = self.samples[index]

@@ -25,16 +25,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
-from agefuse.cli import HelpFormatter, device_name, existing_file, float_in, fold_spec, int_at_least, json_text, output_folder, run_command
+from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed, seed_worker
+from agefuse.cli import (HelpFormatter, device_name, existing_file, float_in, fold_spec, int_at_least, json_text,
+                         output_folder, run_command, torch_device)
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
-from .model import AGE_HEAD, AGE_HEADS, EMBEDDING_DIM, FEATURE_SCALE, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
+from .model import EMBEDDING_DIM, FEATURE_SCALE, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -45,20 +46,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=output_folder, help="run folder: checkpoints, history, plots")
     # model
     parser.add_argument("--model", default="small_cnn", choices=model_names())
-    parser.add_argument("--age-head", default=AGE_HEAD, choices=AGE_HEADS,
-                        help="dist: distribution over ages, its expectation; reg: one number")
     parser.add_argument("--max-age", type=int_at_least(1), default=MAX_AGE, help="oldest age the head can say")
     parser.add_argument("--embedding-dim", type=int_at_least(1), default=EMBEDDING_DIM, help="size of the embedding fusion reads")
     parser.add_argument("--feature-scale", type=float_in(0, 1000, low_open=True), default=FEATURE_SCALE,
                         help="multiplies the backbone's features before the embedding layer: 8 for "
                              "dlib_face_resnet, whose descriptor is about 0.12 per dimension")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                        help="start from scratch even where packaged ImageNet weights exist")
+                        help="start from scratch even where shipped weights exist (the dlib backbones')")
     parser.add_argument("--weights", default=None, type=existing_file, help="local weights file for the backbone")
     parser.add_argument("--image-size", type=int_at_least(16), default=64, help="input side in pixels (16 or more)")
-    parser.add_argument("--fusion-holdout", type=float_in(0, 0.9), default=0.0,
-                        help="share of the training split kept from this branch for the fusion head "
-                             "(the same faces for every branch: chosen by a hash of the id); 0 = none")
     parser.add_argument("--fold", type=fold_spec, default=None,
                         help="I/K: leave part I of the training split's K parts out (parts chosen by a hash of "
                              "the id), so that this branch's outputs on them are out of fold: what "
@@ -100,18 +96,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def setup_device(name: str) -> tuple[torch.device, int, int]:
     """(device, rank, world size); starts the process group under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked, but torch sees no CUDA device")
+    device = torch_device(name)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", 0))
-        if name.startswith("cuda"):
-            name = f"cuda:{local}"
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{local}")
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if name.startswith("cuda") else "gloo")
-    return torch.device(name), rank, world
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
 
 
 def seed_round(seed: int, round_index: int) -> int:
@@ -120,13 +113,6 @@ def seed_round(seed: int, round_index: int) -> int:
     seed = round_seed(seed, round_index)
     torch.manual_seed(seed)
     return seed
-
-
-def _seed_worker(worker_id: int) -> None:
-    info = get_worker_info()
-    transform = info.dataset.transform
-    if transform is not None:
-        transform.set_random_seed(info.seed % 2**31)
 
 
 def parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]:
@@ -215,23 +201,22 @@ def main(args: argparse.Namespace) -> int:
 
     # data
     pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
-    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, args.fusion_holdout,
-                              args.fold)
+    train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, fold=args.fold)
     val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
     if is_main:  # only now: a bad cache or augmentation file leaves no run folder behind
         out.mkdir(parents=True, exist_ok=True)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed,
                                          args.round_size, rank=rank, world_size=world)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda", drop_last=False)
+                        worker_init_fn=seed_worker, pin_memory=device.type == "cuda", drop_last=False)
     val_loader = DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers)
     log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
-        f"from {args.cache} ({100 * args.fusion_holdout:.0f}% of the training faces kept for the fusion "
-        f"head{'; part %d of %d left out' % args.fold if args.fold else ''}); {world} process(es) on {device}")
+        f"from {args.cache}{' (part %d of %d left out)' % args.fold if args.fold else ''}; "
+        f"{world} process(es) on {device}")
 
     # model, optimiser, stop rule
     torch.manual_seed(args.seed)  # the initial weights
-    model = create_model(args.model, args.age_head, args.max_age, args.embedding_dim,
+    model = create_model(args.model, max_age=args.max_age, embedding_dim=args.embedding_dim,
                          pretrained=args.pretrained, weights=args.weights, feature_scale=args.feature_scale).to(device)
     groups = parameter_groups(model, args.lr, args.head_lr)
     peaks = [group["peak"] for group in groups]  # this run's, whatever a resumed checkpoint's groups say
@@ -270,8 +255,8 @@ def main(args: argparse.Namespace) -> int:
         # train one bootstrap round
         round_seed = seed_round(args.seed, round_index)
         sampler.set_round(round_index)
-        if args.workers == 0:
-            pipeline.set_random_seed(round_seed % 2**31)
+        if args.workers == 0:  # else each worker reseeds its copy (seed_worker)
+            train_set.reseed(round_seed)
         try:
             stats, _ = train_one_epoch(model, loader, optimizer, device, round_index * steps_per_round,
                                        lr_fn, is_main, f"round {round_index}", args.gender_weight)

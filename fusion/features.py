@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from agefuse.branches import BRANCH_REGIONS, UNKNOWN_GENDER, FoldAverage, age_range_of, load_branch
+from agefuse.files import atomic_write
 from agefuse.regions import REGIONS, manifest
 
 from .model import FusedModel
@@ -106,29 +107,25 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
 
 
 def split_features(model: FusedModel, cache: Path, split: str, checkpoints: dict[str, Path], out: Path,
-                   device: torch.device = torch.device("cpu"), fusion_holdout: float = 0.0,
+                   device: torch.device = torch.device("cpu"),
                    skip: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
-    """The split's features, from ``out`` when already computed for these branches. With a
-    ``fusion_holdout``, only the training faces the branches were kept from. The branches of
-    ``skip`` are not run (``extract``): their blocks are zero, for the caller to fill in; a
-    cached file is read back only if it skipped none that the caller needs."""
-    name = split if fusion_holdout <= 0 else f"{split}-holdout{fusion_holdout:g}"
-    name += "-mirrored" if model.mirrored else ""
+    """The split's features, from ``out`` when already computed for these branches. The
+    branches of ``skip`` are not run (``extract``): their blocks are zero, for the caller to
+    fill in; a cached file is read back only if it skipped none that the caller needs."""
+    name = split + ("-mirrored" if model.mirrored else "")
     path = out / f"features-{name}-{fingerprint(cache, checkpoints)}.npz"
     if path.is_file():
         data, skipped = read_features(path)
         if skipped <= skip:
             return data
     rows = [r for r in manifest.load(cache) if r["status"] != "rejected" and r["split"] == split
-            and r.get("age") is not None
-            and (fusion_holdout <= 0 or manifest.in_fusion_holdout(r["id"], fusion_holdout))]
+            and r.get("age") is not None]
     if not rows:
         raise ValueError(f"{cache}: the {split!r} split is empty")
     data = extract(model, cache, rows, device=device, desc=f"{split} features", skip=skip)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **data, skipped=np.array(sorted(skip), dtype=str))
-    tmp.replace(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:  # a handle: savez adds .npz to a bare name
+        np.savez(handle, **data, skipped=np.array(sorted(skip), dtype=str))
     return data
 
 
@@ -141,7 +138,7 @@ def read_features(path: Path) -> tuple[dict[str, np.ndarray], frozenset[str]]:
 
 
 # what a fold branch may differ in from the branch it stands in for
-FOLD_ARGS = ("fold", "fusion_holdout")
+FOLD_ARGS = ("fold",)
 
 
 def fold_branches(region: str, paths: list[Path], full_args: dict | None) -> dict[int, torch.nn.Module]:
@@ -217,7 +214,6 @@ def out_of_fold(model: FusedModel, cache: Path, train: dict[str, np.ndarray], re
                        desc=f"{region} without part {fold} of {len(folds)}")
         block[index] = data["features"][:, 0]
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, block=block, id=train["id"])
-    tmp.replace(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, block=block, id=train["id"])
     return block

@@ -27,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed
+from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed, seed_worker
 from agefuse.branches import (BRANCH_REGIONS, GENDER_WEIGHT, UNKNOWN_GENDER, CheckpointError, age_range_of, augmentation,
                       branch_loss, read_torch_file)
 from agefuse.regions import manifest
 from agefuse.cli import (HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder,
-                         run_command)
+                         run_command, torch_device)
+from agefuse.files import atomic_write
 
 from .features import read_crops, views_of
 from .metrics import interval_coverage
@@ -122,13 +123,9 @@ class FaceDataset(Dataset):
         return views, present, float(row["age"]), int(gender), torch.tensor(age_range_of(row), dtype=torch.float32)
 
     def reseed(self, seed: int) -> None:
+        """Every region's augmentation seed (``bootstrap.seed_worker`` calls it in each loader worker)."""
         for pipeline in self.pipelines or ():
             pipeline.set_random_seed(seed % 2**31)
-
-
-def _seed_worker(worker_id: int) -> None:
-    info = get_worker_info()
-    info.dataset.reseed(info.seed)
 
 
 def train_mode(model) -> None:
@@ -180,8 +177,7 @@ def evaluate(model, loader, device, gender_weight: float) -> tuple[dict, list[to
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch_device(args.device)
     out, cache = Path(args.out), Path(args.cache)
 
     if args.round_size < args.batch_size:
@@ -200,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
     val_set = FaceDataset(cache, "val", model.regions, model.image_sizes, None)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed, args.round_size)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        worker_init_fn=_seed_worker, drop_last=True)
+                        worker_init_fn=seed_worker, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=128, num_workers=args.workers)
     out.mkdir(parents=True, exist_ok=True)
     print(f"joint training of {', '.join(model.regions)} and the head from {args.fused}: "
@@ -285,9 +281,8 @@ def main(args: argparse.Namespace) -> int:
                  "round": round_index, "history": history, "best": best_state, "start_sha256": start_sha256,
                  "settings": settings,
                  "config": vars(args)}
-        tmp = out / ".last.pt.tmp"
-        torch.save(saved, tmp)
-        tmp.replace(out / "last.pt")
+        with atomic_write(out / "last.pt") as tmp:
+            torch.save(saved, tmp)
         (out / "history.json").write_text(json_text(history))
         if args.pause_after and round_index + 1 - start_round >= args.pause_after and round_index + 1 < args.max_rounds:
             print(f"paused after round {round_index} (--pause-after {args.pause_after}): continue with --resume")

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from agefuse.branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, FoldAverage,
-                      fold_norms, load_branch, model_from_args, read_torch_file)
+                              current_model_args, fold_norms, load_branch, model_from_args, read_torch_file)
+from agefuse.files import atomic_write
 from agefuse.regions import Settings as CropSettings, manifest
 
 
@@ -270,9 +271,8 @@ def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], d
 def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) -> None:
     state = {"branch_args": branch_args, "model": model.state_dict(), "interval": model.interval,
              "crops": model.crop_settings.to_json(), "mirror": model.mirror, **extra}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def head_count(weights: dict) -> int:
@@ -301,7 +301,7 @@ DEFAULT_MODEL = Path(__file__).parent / "default" / "fused-utkface.pt"
 
 def in_calibration_half(image_id: str) -> bool:
     """The half of a validation split that fits the interval's temperature (by a hash of the
-    id) when the branches kept no training faces back; the other half checks it."""
+    id); the other half checks it."""
     return manifest.hashed_share(str(image_id), 0.5, "calibration")
 
 
@@ -315,7 +315,8 @@ def save_half(source: str | Path, target: str | Path) -> Path:
     state["precision"] = "float16"
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
+    with atomic_write(target) as tmp:
+        torch.save(state, tmp)
     return target
 
 
@@ -331,6 +332,9 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     state = read_torch_file(path, "agefuse model")
     if not isinstance(state, dict) or "branch_args" not in state:
         raise ValueError(f"{path}: not an agefuse fused model")
+    if isinstance(state["branch_args"], dict):  # in today's terms; a removed setting is refused by name
+        state["branch_args"] = {region: current_model_args(a, f"{path} ({region} branch)") if isinstance(a, dict) else a
+                                for region, a in state["branch_args"].items()}
     try:  # the file's fields, as written by save_fused; anything else is named, not a traceback
         branches = {region: model_from_args(a) for region, a in state["branch_args"].items()}
         # a model saved before crop settings were recorded was served with the defaults

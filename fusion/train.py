@@ -3,14 +3,13 @@
     agefuse-train-fusion --cache runs/utk --runs runs --branches face,eyes,mouth --out runs/fused
 
 Loads ``RUNS/<region>/best.pt`` for each region named (or ``region=path`` items) and
-computes every branch's outputs once (cached in ``--out``) for the training faces the
-branches were kept from (their ``--fusion-holdout``) and for the validation split. Trains
-the head on those faces with whole branches dropped at random (so a face with a missing
-crop is still scored) and picks the epoch by validation loss. The age interval's
-temperature is fitted on faces the branches never fitted (``--calibrate-on``): a share of
-the held-out training faces, or, when the branches kept none, half the validation split;
-the script reports how often the stated interval holds on validation faces it was not
-fitted on.
+computes every branch's outputs once (cached in ``--out``) for the training split (or, with
+``--out-of-fold``, a region's outputs from the fold branches that left each face out) and
+for the validation split. Trains the head on the training faces with whole branches dropped
+at random (so a face with a missing crop is still scored) and picks the epoch by validation
+loss. The age interval's temperature is fitted on half the validation split (by a hash of the
+id: faces no branch fitted, as a branch is over-confident on its own training faces), and the
+script reports how often the stated interval holds on the other half.
 
 Writes ``OUT/fused.pt``: branches and head in one file, all ``agefuse-evaluate`` and
 ``agefuse-predict`` need.
@@ -27,7 +26,8 @@ import torch
 from agefuse.bootstrap import group_weights
 from agefuse.branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
 from agefuse.regions import manifest, read_settings
-from agefuse.cli import HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command
+from agefuse.cli import (HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command,
+                         torch_device)
 
 from .features import averaged_branch, fold_branches, out_of_fold, split_features
 from .metrics import interval_coverage
@@ -75,15 +75,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "predict, evaluate and the exports do the same")
     parser.add_argument("--interval", type=float_in(0.05, 0.99), default=FusedModel.INTERVAL,
                         help="coverage of the stated age interval")
-    parser.add_argument("--calibrate-on", choices=["auto", "train", "val"], default="auto",
-                        help="faces that fit the interval's temperature. train: a share of the "
-                             "held-out training faces (--calibration-share); val: half the validation "
-                             "split (by a hash of the id), the interval then checked on the other half; "
-                             "auto: train when the branches were trained with --fusion-holdout, else val "
-                             "(a branch is over-confident on faces it fitted, so its own training faces "
-                             "would give too narrow an interval)")
-    parser.add_argument("--calibration-share", type=float_in(0, 0.9, low_open=True), default=0.1,
-                        help="with --calibrate-on train: share of the head's faces kept for the temperature")
     parser.add_argument("--seed", type=int, default=0, help="for the head's initialisation, dropout and batches")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda")
     return parser
@@ -259,8 +250,7 @@ def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Names
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache)
@@ -283,47 +273,27 @@ def main(args: argparse.Namespace) -> int:
                        interval=args.interval, crop_settings=settings, mirror=args.mirror,
                        separate_gender=args.separate_gender, heads=args.heads).to(device)
     model.eval()
-    holdouts = {a.get("fusion_holdout", 0.0) for a in branch_args.values()}
-    if len(holdouts) > 1:
-        raise ValueError(f"the branches kept different shares of the training split for fusion "
-                         f"({sorted(holdouts)}): retrain them with one --fusion-holdout")
-    holdout = holdouts.pop()
-    if holdout > 0 and folds:
-        raise ValueError("--out-of-fold with branches trained with --fusion-holdout: the head already learns "
-                         "from faces they left out; use one or the other")
+    val = split_features(model, cache, "val", paths, out, device)
+    # the interval's temperature is fitted on half the validation split (faces neither the
+    # branches nor the head learned from), and the interval is checked on the other half
+    fitted = np.array([in_calibration_half(i) for i in val["id"]])
+    if fitted.all() or not fitted.any():
+        raise ValueError(f"{cache}: the interval is fitted on half the validation split (by a hash of the id) and "
+                         f"checked on the other, but its {len(fitted)} validation face(s) all fall in one half: "
+                         f"give the cache a larger validation split (agefuse-regions --split)")
+    calibration, checked = {k: v[fitted] for k, v in val.items()}, ~fitted
     # the out-of-fold regions' blocks are replaced below: their own branches need not see the training faces
-    train = split_features(model, cache, "train", paths, out, device, holdout, skip=frozenset(folds))
+    train = split_features(model, cache, "train", paths, out, device, skip=frozenset(folds))
     for region, fold_checkpoints in folds.items():
         train["features"][:, model.regions.index(region)] = out_of_fold(
             model, cache, train, region, fold_models[region], fold_checkpoints, out, device)
-    val = split_features(model, cache, "val", paths, out, device)
-    # the interval's temperature is fitted on faces the head does not learn from, and the
-    # interval is checked on validation faces the temperature was not fitted on
-    calibrate_on = args.calibrate_on if args.calibrate_on != "auto" else "train" if holdout > 0 else "val"
-    checked = np.ones(len(val["age"]), bool)
-    fitted = np.array([in_calibration_half(i) for i in val["id"]]) if calibrate_on == "val" else checked
-    if calibrate_on == "val" and not (fitted.any() and not fitted.all()):
-        if args.calibrate_on == "val":
-            raise SystemExit(f"error: --calibrate-on val needs at least two validation faces, one on each "
-                             f"side of the hash ({len(fitted)} in {cache}); use --calibrate-on train")
-        calibrate_on = "train"  # auto, on a tiny validation split
-    if calibrate_on == "val":
-        calibration, checked = {k: v[fitted] for k, v in val.items()}, ~fitted
-    else:
-        if holdout <= 0:
-            print("the interval's temperature is fitted on the branches' own training faces (they were "
-                  "trained with --fusion-holdout 0): the interval may hold less often than it says")
-        order = np.random.default_rng(args.seed).permutation(len(train["age"]))
-        cut = int(len(order) * args.calibration_share)
-        calibration = {k: v[order[:cut]] for k, v in train.items()}
-        train = {k: v[order[cut:]] for k, v in train.items()}
     val_tensors = tensors(val, device)
     print(f"fusing {', '.join(model.regions)}: {len(train['age'])} training faces for the head, "
-          f"{len(calibration['age'])} {calibrate_on} faces for the interval, {len(val['age'])} validation faces")
+          f"{len(calibration['age'])} validation faces for the interval, {len(val['age'])} validation faces")
     best = fit_head(model, train, val, args, manifest.parse_age_groups(settings.age_groups), device)
     best_epoch = best[0].epoch["age" if args.separate_gender else "total"]
 
-    # the interval, fitted on the held-out training faces, checked on validation
+    # the interval, fitted on one half of the validation faces, checked on the other
     temperature = fit_temperature(model, *tensors(calibration, device)[:3])
     with torch.no_grad():
         result = model.predict(*val_tensors[:2])
@@ -337,9 +307,9 @@ def main(args: argparse.Namespace) -> int:
                         for i, r in enumerate(model.regions)}
     summary = {"best_epoch": best_epoch, "best_epochs": best[0].epoch if len(best) == 1 else [b.epoch for b in best],
                "val_mae": mae, "branch_val_mae": branch_mae,
-               "branch_train_mae": branch_train_mae, "fusion_holdout": holdout,
+               "branch_train_mae": branch_train_mae,
                "out_of_fold": {r: [str(p) for p in ps] for r, ps in folds.items()}, "head_faces": len(train["age"]),
-               "calibration": {"split": calibrate_on, "faces": len(calibration["age"]), "cache": str(cache.resolve())},
+               "calibration": {"split": "val", "faces": len(calibration["age"]), "cache": str(cache.resolve())},
                "interval_checked_faces": int(checked.sum()),
                "temperature": temperature, "interval": args.interval, "val_interval_coverage": coverage,
                "cross_fit": sorted(folds) if args.cross_fit else [],
@@ -347,9 +317,8 @@ def main(args: argparse.Namespace) -> int:
     save_fused(model.cpu(), branch_args, out / "fused.pt", {"summary": summary, "config": vars(args)})
     (out / "fusion.json").write_text(json_text(summary))
     print(f"fused val MAE {mae:.2f} (branches alone: " + ", ".join(f"{r} {m:.2f}" for r, m in branch_mae.items())
-          + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of "
-          + f"{'the other half of the ' if calibrate_on == 'val' else ''}validation faces"
-          f" (temperature {temperature:.2f}) -> {out / 'fused.pt'}")
+          + f"); the {100 * args.interval:.0f}% age interval holds for {100 * coverage:.1f}% of the other half "
+          f"of the validation faces (temperature {temperature:.2f}) -> {out / 'fused.pt'}")
     return 0
 
 

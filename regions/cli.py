@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import crop, labels, manifest
+from agefuse.files import atomic_write
 from agefuse.cli import HelpFormatter, checked, existing_file, float_in, int_at_least, json_text, output_folder, run_command
 from .landmarks import DETECTORS
 from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
@@ -92,7 +93,8 @@ def check_settings(cache: Path, settings: Settings) -> None:
                              f"use another --cache or the same options")
     else:
         cache.mkdir(parents=True, exist_ok=True)
-        manifest.write_atomic(path, json.dumps(settings.to_json(), indent=2).encode())
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(json.dumps(settings.to_json(), indent=2).encode())
 
 
 def same_labels(row: dict, item, group: str) -> bool:
@@ -219,8 +221,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     manifest.write_rows(path, rows)
     summary = summarize(rows, problems, processed, elapsed)
-    manifest.write_atomic(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json",
-                          json_text(summary, indent=2).encode())
+    with atomic_write(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json") as tmp:
+        tmp.write_bytes(json_text(summary, indent=2).encode())
     print_summary(summary, path)
     # an image that could not be read at all (not one without a face) is an input failure
     unreadable = [r for r in rows if r["status"] == "rejected" and "width" not in r]

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from agefuse.files import atomic_write
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "cache.json"
@@ -140,13 +141,6 @@ def in_shard(image_id: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=4).digest()) % n == k
 
 
-def in_fusion_holdout(image_id: str, fraction: float) -> bool:
-    """Training faces kept from the branches for the fusion head (a fixed share by a hash
-    of the id): the head must learn how far to trust each branch from faces that branch
-    has not fitted, or it trusts the branch's training-set accuracy."""
-    return hashed_share(image_id, fraction, "fusion")
-
-
 def fold_of(image_id: str, folds: int) -> int:
     """Which of ``folds`` fixed parts of its split a face falls in (0-based, by a hash of the
     id): a branch trained with ``--fold I/K`` leaves part I-1 out, so its outputs on those
@@ -199,16 +193,8 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
                    for row in sorted(rows, key=lambda r: r["id"])).encode("utf-8")
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
-    write_atomic(path, data)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """``data`` to ``path`` whole or not at all: a kill leaves at most a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def load(cache: str | Path) -> list[dict]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agefuse.files import atomic_write
+
 from . import crop, landmarks, manifest
 from .labels import Item
 
@@ -237,10 +239,12 @@ def faces_in(image: np.ndarray, settings: Settings = Settings(fallback=False), t
 
 def _write(path: Path, data: bytes) -> None:
     try:
-        manifest.write_atomic(path, data)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_atomic(path, data)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
 
 
 def is_complete(row: dict, cache: Path) -> bool:

@@ -141,7 +141,7 @@ def test_two_photos_with_one_name_get_two_outputs(tmp_path):
     ("agefuse-evaluate", ["--model", "{model}", "--images", SAMPLE, "--out", "{tmp}/e"]),
     ("agefuse-export", ["--model", "{model}", "--out", "{tmp}/x.pt2"]),
     ("agefuse-watch", ["--source", "{tmp}/v.avi", "--model", "{model}", "--out", "{tmp}/w"]),
-    ("agefuse-train-branch", ["--cache", "{cache}", "--region", "face", "--out", "{tmp}/b", "--model", "resnet18",
+    ("agefuse-train-branch", ["--cache", "{cache}", "--region", "face", "--out", "{tmp}/b", "--model", "dlib_gender_cnn",
                               "--weights", "{model}", "--max-rounds", "1"]),
 ])
 def test_a_model_that_is_not_one_is_one_line_and_runs_nothing(name, args, kind, hostile_models, hog_cache, tmp_path):

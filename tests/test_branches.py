@@ -14,7 +14,6 @@ from agefuse.branches import backbones, train
 from agefuse.branches.checkpoint import CheckpointError, load_branch, load_checkpoint
 from agefuse.branches.model import branch_loss, create_model
 from conftest import ROOT, manifest_rows
-from agefuse.regions.manifest import in_fusion_holdout
 
 FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "32", "--workers", "0",
         "--threads", "2"]
@@ -29,25 +28,21 @@ def history(out):
     return json.loads((out / "history.json").read_text())
 
 
-def branch_face_count(cache, fusion_holdout: float = 0.0) -> int:
-    """Training faces a branch learns from: the training split less the fusion head's share."""
-    return sum(r["split"] == "train" and r["status"] != "rejected"
-               and not in_fusion_holdout(r["id"], fusion_holdout) for r in manifest_rows(cache))
+def branch_face_count(cache) -> int:
+    """Training faces a branch learns from: the training split."""
+    return sum(r["split"] == "train" and r["status"] != "rejected" for r in manifest_rows(cache))
 
 
 def test_two_rounds_lower_the_training_loss(sample_cache, tmp_path):
-    assert train.main(train_args(sample_cache, tmp_path / "run", "--max-rounds", 2, "--lr", 3e-3,
-                                 "--fusion-holdout", 0.2)) == 0
+    assert train.main(train_args(sample_cache, tmp_path / "run", "--max-rounds", 2, "--lr", 3e-3)) == 0
     rounds = history(tmp_path / "run")
     assert len(rounds) == 2 and rounds[1]["train_loss"] < rounds[0]["train_loss"]
     for name in ("last.pt", "best.pt", "learning_curve.png", "augmentation.json"):
         assert (tmp_path / "run" / name).is_file(), name
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "sampler", "stop", "rng", "model_args"} <= set(state)
-    train_faces = branch_face_count(sample_cache)
-    assert 0.1 * train_faces < train_faces - branch_face_count(sample_cache, 0.2) < 0.3 * train_faces
-    assert rounds[0]["sampler"]["alpha"] == 0.5  # a round draws as many as the branch's faces:
-    assert sum(rounds[0]["sampler"]["drawn"].values()) == branch_face_count(sample_cache, 0.2)  # fusion's out
+    assert rounds[0]["sampler"]["alpha"] == 0.5  # a round draws as many as the branch's faces
+    assert sum(rounds[0]["sampler"]["drawn"].values()) == branch_face_count(sample_cache)
 
 
 def test_eyes_branch_reads_both_eyes(sample_cache, tmp_path):
@@ -117,9 +112,9 @@ def test_bad_caches_give_one_clear_line(sample_cache, tmp_path):
 def test_checkpoint_from_another_model_is_refused(sample_cache, tmp_path):
     out = tmp_path / "run"
     assert train.main(train_args(sample_cache, out, "--max-rounds", 1)) == 0
-    with pytest.raises(ValueError, match="from another model: model is 'small_cnn' there, 'resnet18' here"):
+    with pytest.raises(ValueError, match="from another model: model is 'small_cnn' there, 'dlib_gender_cnn' here"):
         train.main(train.get_args_parser().parse_args(
-            ["--cache", str(sample_cache), "--region", "face", "--out", str(out), "--model", "resnet18",
+            ["--cache", str(sample_cache), "--region", "face", "--out", str(out), "--model", "dlib_gender_cnn",
              "--image-size", "32", "--workers", "0", "--resume", "--max-rounds", "3"]))
     # a setting only the checkpoint has (written by a newer agefuse) is named, not taken as the same model
     state = torch.load(out / "last.pt", weights_only=False)
@@ -143,6 +138,28 @@ def test_head_lr_moves_the_new_layers_at_their_own_rate(sample_cache, tmp_path):
     assert [g["peak"] for g in trained["optimizer"]["param_groups"]] == [1e-7, 3e-3]
     with pytest.raises(CheckpointError, match="head-lr"):  # resumed without it: one group against two
         train.main(train_args(sample_cache, out, "--max-rounds", 2, "--lr", 1e-7, "--resume"))
+
+
+def test_a_checkpoint_with_a_removed_setting_loads_at_its_kept_value_and_is_refused_at_another(sample_cache, tmp_path):
+    """--age-head and --fusion-holdout are gone: a file that says age_head "dist" or
+    fusion_holdout 0 (what every branch still is) loads and resumes as before; "reg", a
+    held-out share or a removed backbone is one line naming the file."""
+    out = tmp_path / "run"
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 1)) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert not {"age_head", "fusion_holdout"} & set(state["model_args"])
+    state["model_args"].update(age_head="dist", fusion_holdout=0.0)  # as an older agefuse wrote them
+    torch.save(state, out / "last.pt")
+    model, args = load_branch(out / "last.pt")
+    assert not {"age_head", "fusion_holdout"} & set(args)
+    assert train.main(train_args(sample_cache, out, "--max-rounds", 2, "--resume")) == 0
+    for key, value in (("age_head", "reg"), ("fusion_holdout", 0.2), ("model", "efficientnet_lite0")):
+        torch.save({**state, "model_args": {**state["model_args"], key: value}}, tmp_path / f"{key}.pt")
+        with pytest.raises(CheckpointError) as refused:
+            load_branch(tmp_path / f"{key}.pt")
+        message = str(refused.value)
+        assert message.startswith(f"{tmp_path / key}.pt: ") and "no longer has" in message and "\n" not in message
+        assert repr(value) in message or str(value) in message
 
 
 def test_feature_scale_is_kept_in_the_checkpoint_and_old_ones_load_without_it(sample_cache, tmp_path):
@@ -186,21 +203,17 @@ def test_every_model_gives_embedding_age_and_gender(name):
     assert torch.isfinite(loss)
 
 
-def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
-    trunk = backbones.build_backbone("efficientnet_lite0", pretrained=True)
-    packaged = torch.load(backbones.efficientnet_lite0_weights(), weights_only=True)
-    assert torch.equal(trunk._blocks[15]._project_conv.weight, packaged["_blocks.15._project_conv.weight"])
-
-
-def test_resnet_weights_only_from_a_local_file(tmp_path):
+def test_weights_only_from_a_local_file_of_the_same_network(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        backbones.build_backbone("resnet18", weights=str(tmp_path / "resnet18.pth"))
+        backbones.build_backbone("dlib_gender_cnn", weights=str(tmp_path / "missing.pt"))
     torch.save(backbones.build_backbone("small_cnn").state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="does not fit"):
-        backbones.build_backbone("resnet18", weights=str(tmp_path / "wrong.pth"))
-    import torchvision
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    assert backbones.build_backbone("resnet18", weights=str(tmp_path / "r18.pth")).features == 512
+        backbones.build_backbone("dlib_gender_cnn", weights=str(tmp_path / "wrong.pth"))
+    torch.manual_seed(3)
+    saved = backbones.build_backbone("dlib_gender_cnn", pretrained=False).state_dict()
+    torch.save(saved, tmp_path / "own.pth")
+    loaded = backbones.build_backbone("dlib_gender_cnn", weights=str(tmp_path / "own.pth"))
+    assert loaded.features == 16 and all(torch.equal(v, loaded.state_dict()[k]) for k, v in saved.items())
 
 
 def shipped_network(name: str, weights, outputs: int, size: int):

@@ -90,7 +90,7 @@ def test_evaluate_and_predict_give_each_face_the_same_age(photos, sample_fused, 
 
 def test_a_branch_whose_head_changed_fails_by_name(sample_fused, tmp_path):
     model, state = load_fused(sample_fused, fold=False)
-    branches = {r: create_model(a["model"], a["age_head"], a["max_age"], a["embedding_dim"], pretrained=False)
+    branches = {r: create_model(a["model"], max_age=a["max_age"], embedding_dim=a["embedding_dim"], pretrained=False)
                 for r, a in state["branch_args"].items()}
     branches["mouth"] = create_model(state["branch_args"]["mouth"]["model"], embedding_dim=64, pretrained=False)
     with pytest.raises(ValueError, match="mouth 64"):
