@@ -11,7 +11,8 @@ files on disk (docs/formats.md) and what its ``__init__`` offers:
 - ``watch``: video and camera (``agefuse-watch``).
 
 ``agefuse.cli`` holds what every console script shares, ``agefuse.recipe`` the training
-recipes. The Python API (``agefuse.api``, loaded on first use so the commands stay light):
+recipes. The Python API (``agefuse.api``; it imports torch and the model only on first use,
+so the commands stay light):
 ``agefuse.estimate(image, channels=None)`` and ``agefuse.Estimator(model, ...)``::
 
     import agefuse
@@ -19,9 +20,6 @@ recipes. The Python API (``agefuse.api``, loaded on first use so the commands st
         print(face["age"], face["age_interval"], face["gender"], face["gender_probability"])
 """
 
+from .api import Estimator, estimate, to_bgr
 
-def __getattr__(name: str):
-    if name in ("Estimator", "estimate", "to_bgr"):
-        from . import api
-        return getattr(api, name)
-    raise AttributeError(f"module 'agefuse' has no attribute {name!r}")
+__all__ = ["Estimator", "estimate", "to_bgr"]

@@ -12,31 +12,25 @@ evaluation tables and plots, predictions as JSON and annotated photos.
 Offers:
 - ``load_fused(path)``: the fused model (the installed one without a path), ``DEFAULT_MODEL``;
 - ``crop_settings(model, ...)``: how to find and crop faces the way the model learned them;
-- ``predict_faces(model, image)``: every face of a BGR photo with its estimates (the records
-  of agefuse-predict's JSON), and its parts: ``find_faces`` (the faces with the crops the
-  model reads), ``estimate`` (crops to outputs),
-  ``branch_pool`` (branches side by side on several cores), ``draw_labelled_box``;
+- inference (``agefuse.fusion.inference``, which the commands, the API, watch and the
+  service share): ``predict_faces(model, image)``, every face of a BGR photo with its
+  estimates (the records of agefuse-predict's JSON), and its parts: ``find_faces`` (the faces
+  with the crops the model reads), ``estimate`` (crops to outputs), ``branch_pool``
+  (branches side by side on several cores), ``draw_labelled_box``;
 - ``oof_path(out, cache, region, mirrored, checkpoints)``: where agefuse-train-fusion
   ``--out-of-fold`` caches a region's training features from its fold branches;
+- ``age_report(true, predicted)``, ``gender_report(true, p_female)``: the evaluation's
+  figures (MAE, CS@5, MAE per decade; accuracy, precision, recall);
 - ``read_features(path)``: a cached ``features-<split>-*.npz`` and the regions whose blocks it
   left zero (out of fold: their branches never ran over the training faces);
 - ``train_fusion_parser()``, ``train_joint_parser()``: the agefuse-train-fusion and
   agefuse-train-joint parsers (recipes check their options on them).
 """
-import importlib
-
 from .features import oof_path, read_features
+from .inference import branch_pool, crop_settings, draw_labelled_box, estimate, find_faces, predict_faces
+from .metrics import age_report, gender_report
 from .model import DEFAULT_MODEL, BranchBlock, FusedModel, load_fused
-
-# the commands' modules load on first use, so ``python -m agefuse.fusion.predict`` (or train) does
-# not find itself imported already
-_FROM_PREDICT = ("branch_pool", "crop_settings", "draw_labelled_box", "estimate", "find_faces", "predict_faces")
-
-
-def __getattr__(name: str):
-    if name in _FROM_PREDICT:
-        return getattr(importlib.import_module(".predict", __name__), name)
-    raise AttributeError(f"module 'fusion' has no attribute {name!r}")
+from .onnx import OnnxModel
 
 
 def train_fusion_parser():
@@ -51,6 +45,6 @@ def train_joint_parser():
     return get_args_parser()
 
 
-__all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "branch_pool", "crop_settings", "draw_labelled_box",
+__all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "age_report", "gender_report", "OnnxModel", "branch_pool", "crop_settings", "draw_labelled_box",
            "estimate", "find_faces", "load_fused", "oof_path", "predict_faces", "read_features", "train_fusion_parser",
            "train_joint_parser"]

@@ -26,7 +26,7 @@ from .features import extract
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, group_report, parse_groups
 from .metrics import age_report, gender_report, interval_coverage
 from .model import in_calibration_half, load_fused
-from .predict import crop_settings
+from .inference import crop_settings
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

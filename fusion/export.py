@@ -14,16 +14,15 @@ original on random inputs. (TorchScript is deprecated in this torch; torch.expor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from agefuse.branches import BRANCH_REGIONS
 from agefuse.cli import HelpFormatter, existing_file, run_command
 
-from .model import FusedModel, load_fused
+from .exported import example_inputs, export, load_exported
+from .model import load_fused
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,38 +34,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="pt2: a torch.export program (torch alone runs it); onnx: one ONNX file with "
                              "the crop sizes and the interval in its metadata (ONNX Runtime runs it)")
     return parser
-
-
-def example_inputs(model: FusedModel, count: int = 3, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    views = [torch.randint(0, 256, (count, len(BRANCH_REGIONS[r]), 3, s, s), generator=generator, dtype=torch.uint8)
-             for r, s in zip(model.regions, model.image_sizes)]
-    present = torch.ones(count, len(model.regions), dtype=torch.bool)
-    present[0, -1] = False  # one face with a crop missing, so that path is traced too
-    return views, present
-
-
-def meta(model: FusedModel) -> dict:
-    return {"regions": model.regions, "image_sizes": model.image_sizes,
-            "views": {r: [name + (" (mirrored)" if mirror else "") for name, mirror in BRANCH_REGIONS[r]]
-                      for r in model.regions},
-            "outputs": ["age", "age_low", "age_high", "p_female"] + [f"age_{r}" for r in model.regions],
-            "interval": model.interval}
-
-
-def export(model: FusedModel, path: Path) -> Path:
-    views, present = example_inputs(model)
-    faces = torch.export.Dim("faces", min=1, max=4096)
-    with torch.no_grad():
-        program = torch.export.export(model, (views, present),
-                                      dynamic_shapes=([{0: faces} for _ in views], {0: faces}))
-    torch.export.save(program, str(path), extra_files={"meta.json": json.dumps(meta(model))})
-    return path
-
-
-def load_exported(path: str | Path):
-    """What a user without agefuse does: torch alone."""
-    return torch.export.load(str(path)).module()
 
 
 def main(args: argparse.Namespace) -> int:

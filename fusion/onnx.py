@@ -20,7 +20,7 @@ import torch
 
 from agefuse.regions import Settings
 
-from .export import example_inputs, meta
+from .exported import example_inputs, meta
 from .model import FusedModel
 
 METADATA_KEY = "agefuse"

@@ -16,21 +16,18 @@ import glob
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
-from agefuse.regions import DETECTORS, IMAGE_SUFFIXES, Settings, decode, faces_in, read_image_file
+from agefuse.regions import DETECTORS, IMAGE_SUFFIXES, decode, read_image_file
 
-from .features import batch_inputs, crops_read
-from .groups import DEFAULT_GROUPS, Group, group_probabilities, parse_groups
-from .model import FusedModel, load_fused
+from .groups import DEFAULT_GROUPS, parse_groups
+from .inference import branch_pool, crop_settings, draw_labelled_box, predict_faces
+from .model import load_fused
 
 
 TRACE_FROM = 300  # photos: where ~1.4 s of tracing is won back at a few ms a face
@@ -71,85 +68,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="trace the branches with TorchScript first: about 1.4 s once, then a few ms "
                              "less per face; auto: for %d photos or more" % TRACE_FROM)
     return parser
-
-
-def branch_pool(model: FusedModel, threads: int) -> ThreadPoolExecutor | None:
-    """A pool that runs the branches side by side (see FusedModel.features), with torch's
-    own threads shared out among them; None for one core. A mirrored branch is two tasks, a
-    cross-fitted one a task per fold branch."""
-    workers = min(threads, model.task_count())
-    torch.set_num_threads(max(1, threads // max(workers, 1)))
-    return ThreadPoolExecutor(workers, thread_name_prefix="branch") if workers > 1 else None
-
-
-@torch.inference_mode()
-def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | None = None
-             ) -> dict[str, torch.Tensor]:
-    """The fused model's outputs (``FusedModel.predict``) for faces found by ``find_faces``;
-    ``model`` may also be an ``OnnxModel``."""
-    inputs, present = batch_inputs(model, [face["crops"] for face in faces])
-    return model.outputs(inputs, present, pool)
-
-
-def crop_settings(model: FusedModel, detector: str | None = None, upsample: int | None = None,
-                  fallback: bool = False) -> Settings:
-    """How to find and crop faces for ``model``: as the cache it learned from did (its crop
-    sizes and framing), with the detector, upsampling and whole-image fallback asked here."""
-    asked = {"detector": detector, "upsample": upsample}
-    return replace(model.crop_settings, fallback=fallback, **{k: v for k, v in asked.items() if v is not None})
-
-
-def find_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None, threads: int = 1
-               ) -> list[dict]:
-    """The faces of a BGR image with the crops ``model`` reads (``regions.faces_in``): a
-    model of box-framed branches alone skips the landmarks and the other crops."""
-    return faces_in(image, settings or crop_settings(model), threads=threads, crops=crops_read(model.regions))
-
-
-@torch.inference_mode()
-def predict_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None,
-                  pool: ThreadPoolExecutor | None = None, threads: int = 1,
-                  groups: list[Group] | None = None) -> list[dict]:
-    """Every face of a BGR image with its estimates. ``settings``: how faces are found and
-    cropped (default: ``crop_settings(model)``); ``pool``: see ``branch_pool``; ``threads``
-    2 or more also shares the detection between two threads; ``groups``: the age groups
-    whose probabilities each record holds (default: minors and adults)."""
-    groups = groups or parse_groups()
-    faces = find_faces(model, image, settings, threads)
-    if not faces:
-        return []
-    out = estimate(model, faces, pool)
-    # the ONNX export carries no distribution: its records have no groups
-    in_groups = group_probabilities(out["age_probabilities"], groups) if "age_probabilities" in out else None
-    results = []
-    for i, face in enumerate(faces):
-        female = float(out["gender_female"][i])
-        results.append({
-            "box": list(face["box"]), "detector_score": face["score"],
-            "age": round(float(out["age"][i]), 1),
-            "age_interval": [float(out["age_low"][i]), float(out["age_high"][i])],
-            "interval_coverage": model.interval,
-            "gender": "female" if female >= 0.5 else "male",
-            "gender_probability": round(max(female, 1 - female), 3)})
-        if in_groups is not None:
-            results[-1]["groups"] = {g.name: round(float(p), 3) for g, p in zip(groups, in_groups[i])}
-    return results
-
-
-def draw_labelled_box(image: np.ndarray, box, label: str, female: bool) -> None:
-    """A face's box and its label on a filled strip at its top (in place); red for female,
-    blue for male. Hershey fonts are ASCII: no ± sign in ``label``."""
-    scale = max(0.4, min(image.shape[:2]) / 600)
-    left, top, right, bottom = map(int, box)
-    color = (60, 60, 230) if female else (230, 130, 40)
-    cv2.rectangle(image, (left, top), (right, bottom), color, max(1, int(2 * scale)))
-    (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-    # the strip stays inside the image: a face at the right edge gets its label moved left
-    x = max(0, min(left, image.shape[1] - w - 4))
-    y = max(top, h + 4)
-    cv2.rectangle(image, (x, y - h - 4), (x + w + 4, y), color, -1)
-    cv2.putText(image, label, (x + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
 
 
 def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:

@@ -46,7 +46,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     from agefuse.regions import TooLarge, decode
 
     from .model import load_fused
-    from .predict import branch_pool, crop_settings, predict_faces
+    from .inference import branch_pool, crop_settings, predict_faces
 
     model, _ = load_fused(model_path)
     model.trace_branches()

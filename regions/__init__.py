@@ -21,7 +21,7 @@ Offers to the later stages:
 from . import manifest
 from .crop import ORIGINAL, REGIONS, face_crops, parse_size
 from .labels import IMAGE_SUFFIXES
-from .landmarks import DETECTORS
+from .landmarks import DETECTORS, face_locations
 from .pipeline import Settings, TooLarge, decode, faces_in, read_image_file, read_settings
 
 
@@ -46,5 +46,5 @@ def build_cache(argv: list[str]) -> int:
     return main(regions_parser().parse_args(argv))
 
 
-__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "decode", "face_crops", "faces_in",
+__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "decode", "face_crops", "face_locations", "faces_in",
            "manifest", "near_duplicates", "parse_size", "read_image_file", "read_settings", "regions_parser"]

@@ -12,7 +12,8 @@ import torch
 from sklearn import metrics as sk
 
 from agefuse.bootstrap import group_weights
-from agefuse.fusion import evaluate, export, metrics, predict
+from agefuse import fusion
+from agefuse.fusion import evaluate, exported, metrics, predict
 from agefuse.branches import load_branch
 from agefuse.branches.data import cache_rows
 from agefuse.fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
@@ -59,12 +60,11 @@ def test_fusion_beats_a_constant_mean_predictor_on_the_sample_validation_split(s
     assert result["fused"]["n"] == len(val)
     assert result["fused"]["mae"] < constant_mae, (result["fused"]["mae"], constant_mae)
     assert 0 < state["summary"]["val_interval_coverage"] <= 1
-    # the branches were trained with the default --fusion-holdout 0: the head learned from the
-    # whole training split, and the interval's temperature from half the validation split
-    # (faces no branch fitted), the interval being checked on the other half
+    # the head learned from the whole training split, and the interval's temperature from half
+    # the validation split (faces no branch fitted), the interval being checked on the other half
     train_faces = [r for r in rows if r["split"] == "train" and r["status"] != "rejected"]
     summary = state["summary"]
-    assert summary["fusion_holdout"] == 0.0 and summary["head_faces"] == len(train_faces)
+    assert summary["head_faces"] == len(train_faces)
     fitted = [r for r in val if hashed_share(r["id"], 0.5, "calibration")]
     assert summary["calibration"] == {"split": "val", "faces": len(fitted), "cache": str(sample_cache.resolve())}
     assert summary["interval_checked_faces"] == len(val) - len(fitted) > 0
@@ -98,7 +98,7 @@ def test_branches_side_by_side_give_the_same_features(sample_fused, sample_cache
     try:
         with torch.inference_mode():
             one_after_another = model.features(inputs)
-            side_by_side = model.features(inputs, predict.branch_pool(model, threads=2))
+            side_by_side = model.features(inputs, fusion.branch_pool(model, threads=2))
     finally:
         torch.set_num_threads(threads)  # branch_pool shares the threads out for the whole process
     assert torch.allclose(one_after_another, side_by_side, atol=1e-5)
@@ -115,10 +115,10 @@ def test_a_model_of_the_original_branch_alone_predicts_as_from_every_crop(sample
     only = FusedModel({"original": full.branches[at]}, {"original": full.image_sizes[at]},
                       crop_settings=full.crop_settings).eval()
     image = cv2.imread(str(sample_files(1, offset=3)[0]))
-    found = predict.find_faces(only, image)
+    found = fusion.find_faces(only, image)
     assert found and found[0]["landmarks"] is None and list(found[0]["crops"]) == ["original"]
-    every = faces_in(image, predict.crop_settings(only))
-    assert torch.equal(predict.estimate(only, found)["age"], predict.estimate(only, every)["age"])
+    every = faces_in(image, fusion.crop_settings(only))
+    assert torch.equal(fusion.estimate(only, found)["age"], fusion.estimate(only, every)["age"])
 
 
 @pytest.mark.parametrize("count", [1, 5])
@@ -174,8 +174,8 @@ def test_predict_finds_both_faces_of_a_two_face_photo(sample_fused, tmp_path):
 
 def test_export_round_trips_without_the_training_code(sample_fused, tmp_path):
     model, _ = load_fused(sample_fused)
-    path = export.export(model, tmp_path / "fused.pt2")
-    views, present = export.example_inputs(model, count=4, seed=5)
+    path = exported.export(model, tmp_path / "fused.pt2")
+    views, present = exported.example_inputs(model, count=4, seed=5)
     torch.save({"views": views, "present": present}, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model(views, present)
@@ -222,7 +222,7 @@ def test_the_label_of_a_face_at_the_photo_edge_stays_whole():
     """The rightmost person of a 1280x886 group photo: the label strip moves left to fit."""
     image = np.zeros((886, 1280, 3), np.uint8)
     label = "34 (28-41) F 97%"
-    predict.draw_labelled_box(image, (1210, 300, 1279, 380), label, female=True)
+    fusion.draw_labelled_box(image, (1210, 300, 1279, 380), label, female=True)
     scale = max(0.4, 886 / 600)
     (width, height), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
     strip = np.all(image[300 - 2] == (60, 60, 230), axis=1) | np.all(image[300 - 2] == (255, 255, 255), axis=1)
@@ -326,8 +326,8 @@ def test_averaged_heads_predict_the_mean_of_their_members(sample_fused, sample_c
     assert torch.allclose(together["age"], torch.stack([a["age"] for a in alone]).mean(0), atol=1e-4)
     assert torch.allclose(together["gender_female"], torch.stack([a["gender_female"] for a in alone]).mean(0), atol=1e-5)
     # and it exports like a one-head model
-    views, present = export.example_inputs(model, count=2, seed=1)
-    program = torch.export.load(export.export(model, tmp_path / "heads.pt2")).module()
+    views, present = exported.example_inputs(model, count=2, seed=1)
+    program = torch.export.load(exported.export(model, tmp_path / "heads.pt2")).module()
     with torch.no_grad():
         assert (program(views, present) - model(views, present)).abs().max() <= 1e-4
 
@@ -450,7 +450,7 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
     threads = torch.get_num_threads()
     try:
         with torch.inference_mode():
-            side_by_side = model.features(inputs, predict.branch_pool(model, threads=2))[:, region]
+            side_by_side = model.features(inputs, fusion.branch_pool(model, threads=2))[:, region]
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(side_by_side.numpy(), block.numpy(), atol=1e-3)
