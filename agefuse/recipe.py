@@ -21,8 +21,8 @@ command would not accept and a misspelt key is an error naming the file and the 
     [joint]                      # optional: agefuse-train-joint options (branches and head fine-tuned together)
     [ablation]                   # optional: region = "...", and options for its variants
 
-``bench/utk_accuracy.py --recipe FILE`` runs one; a run writes the resolved recipe and the
-git commit next to its results.
+``agefuse-train FILE --source DIR --out OUT`` runs one (``agefuse.train``); a run writes the
+recipe as run and the git commit next to its results.
 """
 from __future__ import annotations
 
