@@ -15,22 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from agefuse.fusion import model as fused_model
-
-
-def timed(call, repeats: int) -> float:
-    for _ in range(3):
-        call()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    return 1000 * (time.perf_counter() - start) / repeats
+from agefuse.branches import fold_norms
+from agefuse.fusion import DEFAULT_MODEL, load_fused
+from common import mean_ms
 
 
 def main(args):
     torch.set_num_threads(1)
-    plain, _ = fused_model.load_fused(args.model, fold=False)
-    folded = fused_model.fold_norms(copy.deepcopy(plain))
+    plain, _ = load_fused(args.model, fold=False)
+    folded = fold_norms(copy.deepcopy(plain))
     traced = copy.deepcopy(folded).trace_branches()
     ways = {"plain": list(plain.branches), "folded": list(folded.branches), "traced": list(traced.branches)}
     if args.compile:
@@ -39,7 +32,7 @@ def main(args):
     inputs = [torch.randint(0, 255, (2 if region == "eyes" else 1, 3, size, size), dtype=torch.uint8)
               for region, size in zip(plain.regions, plain.image_sizes)]
     pool = ThreadPoolExecutor(2)
-    print(f"model {args.model or fused_model.DEFAULT_MODEL}, batch 1 (eyes: its two views), ms, mean of {args.repeats} calls after 3 warm-up calls")
+    print(f"model {args.model or DEFAULT_MODEL}, batch 1 (eyes: its two views), ms, mean of {args.repeats} calls after 3 warm-up calls")
     print("| way | " + " | ".join(f"{r} {s}px" for r, s in zip(plain.regions, plain.image_sizes))
           + " | four one after another | four side by side (2 threads) |")
     print("|---|" + "---|" * (len(inputs) + 2))
@@ -49,9 +42,9 @@ def main(args):
                 for branch, x in zip(branches, inputs):
                     branch(x)
                 print(f"(torch.compile: {time.perf_counter() - start:.1f} s to compile the four)")
-            alone = [timed(lambda b=b, x=x: b(x), args.repeats) for b, x in zip(branches, inputs)]
-            serial = timed(lambda: [b(x) for b, x in zip(branches, inputs)], args.repeats)
-            parallel = timed(lambda: list(pool.map(lambda bx: bx[0](bx[1]), zip(branches, inputs))), args.repeats)
+            alone = [mean_ms(lambda b=b, x=x: b(x), args.repeats) for b, x in zip(branches, inputs)]
+            serial = mean_ms(lambda: [b(x) for b, x in zip(branches, inputs)], args.repeats)
+            parallel = mean_ms(lambda: list(pool.map(lambda bx: bx[0](bx[1]), zip(branches, inputs))), args.repeats)
             print(f"| {way} | " + " | ".join(f"{t:.2f}" for t in alone) + f" | {serial:.2f} | {parallel:.2f} |")
 
 

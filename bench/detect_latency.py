@@ -5,21 +5,17 @@ between two threads (regions/hog_pyramid.py), on the photos of predict_latency.p
     python bench/detect_latency.py [--rounds 5] [--repeats 40]
 """
 import argparse
-import os
-import time
 
 import cv2
 import numpy as np
 
-from predict_latency import photo, sample_faces
-from agefuse.regions import landmarks
+from agefuse.regions import face_locations
+from common import SAMPLE, bench_photos, mean_ms
 
 
 def main(args):
-    faces = sample_faces(args.source, 4)
-    grid = photo(faces, 2)
-    photos = {"1-face 320x320": photo(faces[:1], 1), "4-face 480x480": grid,
-              "4-face 640x480": cv2.resize(grid, (640, 480))}
+    photos = bench_photos(args.source)
+    photos["4-face photo (640x480)"] = cv2.resize(photos["4-face photo (480x480)"], (640, 480))
     print(f"ms per detection, mean of {args.repeats}; {args.rounds} rounds, one thread then two in each")
     print("| photo | faces | one thread (dlib) | two threads (shared pyramid) |")
     print("|---|---|---|---|")
@@ -28,18 +24,15 @@ def main(args):
         times = {1: [], 2: []}
         for _ in range(args.rounds):
             for threads in (1, 2):
-                landmarks.face_locations(gray, threads=threads)
-                start = time.perf_counter()
-                for _ in range(args.repeats):
-                    found = landmarks.face_locations(gray, threads=threads)
-                times[threads].append(1000 * (time.perf_counter() - start) / args.repeats)
+                times[threads].append(mean_ms(lambda: face_locations(gray, threads=threads), args.repeats, warmup=1))
+        found = face_locations(gray, threads=2)
         print(f"| {name} | {len(found)} | " + " | ".join(
             f"{min(t):.1f}-{max(t):.1f} (median {np.median(t):.1f})" for t in times.values()) + " |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    parser.add_argument("--source", default=str(SAMPLE))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=40)
     main(parser.parse_args())

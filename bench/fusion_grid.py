@@ -15,12 +15,11 @@ import argparse
 import itertools
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, run_logged
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,13 +31,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="OPTION=V1,V2,...: an agefuse-train-fusion option and its values, yes/no for a "
                              "flag (repeatable)")
     return parser
-
-
-def run(argv: list[str], log: Path) -> None:
-    with log.open("w") as handle:
-        done = subprocess.run(argv, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(argv[:3])} failed, see {log}")
 
 
 def option(name: str, value: str) -> list[str]:
@@ -70,12 +62,12 @@ def main(args: argparse.Namespace) -> int:
             if not (folder / "fused" / features.name).exists():
                 shutil.copy(features, folder / "fused" / features.name)
         tick = time.perf_counter()
-        run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
+        run_logged([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
              "--out", str(folder / "fused"), "--device", "cpu", *out_of_fold,
-             *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log")
-        run([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
+             *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log", cwd=ROOT)
+        run_logged([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
              "--cache", str(args.run / "cache"), "--split", "val", "--out", str(folder / "eval")],
-            folder / "evaluate.log")
+            folder / "evaluate.log", cwd=ROOT)
         fused = json.loads((folder / "eval" / "evaluation.json").read_text())["results"]["fused"]
         epoch = json.loads((folder / "fused" / "fusion.json").read_text())["best_epoch"]
         decades = {d: m for d, m in fused["mae_by_decade"].items() if d != "90+"}  # the targets' decades

@@ -10,7 +10,6 @@ round's median of ``--repeats`` calls; detection, landmarks and crops included, 
 does them. PyTorch runs as predict does: branches traced, side by side on the threads.
 """
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,28 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-from agefuse.fusion import branch_pool, load_fused
-from agefuse.fusion.onnx import OnnxModel
-from predict_latency import photo, sample_faces, timed
+from agefuse.fusion import OnnxModel
+from common import bench_photos, command, photo_options, predict_ms, ready_model
 
 
 def main(args) -> int:
     onnx_path = Path(tempfile.mkdtemp()) / "fused.onnx"
-    subprocess.run([str(Path(sys.executable).parent / "agefuse-export"), "--format", "onnx", "--model", args.model,
-                    "--out", str(onnx_path)], check=True, capture_output=True)
-    model, _ = load_fused(args.model)
-    model.trace_branches()
-    engines = {"PyTorch (traced, side by side)": (model, branch_pool(model, args.threads)),
+    subprocess.run([command("agefuse-export"), "--format", "onnx", "--model", args.model, "--out", str(onnx_path)],
+                   check=True, capture_output=True)
+    model, pool, _ = ready_model(args.model, args.threads)
+    engines = {"PyTorch (traced, side by side)": (model, pool),
                "ONNX Runtime": (OnnxModel(onnx_path, args.threads), None)}
-    faces = sample_faces(args.source, 4)
-    photos = {"1-face 320x320": photo(faces[:1], 1), "4-face 480x480": photo(faces, 2)}
+    photos = bench_photos(args.source)
     times = {(p, e): [] for p in photos for e in engines}
     for round_index in range(args.rounds):
         for photo_name, image in photos.items():
             for engine, (runner, pool) in engines.items():
                 if round_index == 0:
-                    timed(runner, image, 0, 3, pool, args.threads)  # warm-up
-                _, detect_ms, network_ms = timed(runner, image, 0, args.repeats, pool, args.threads)
+                    predict_ms(runner, image, 0, 3, pool, args.threads)  # warm-up
+                _, detect_ms, network_ms = predict_ms(runner, image, 0, args.repeats, pool, args.threads)
                 times[photo_name, engine].append((detect_ms + network_ms, network_ms))
     print(f"{args.rounds} interleaved rounds, median of {args.repeats} calls each; {args.threads} threads; "
           f"ms per photo (of which branches + head)")
@@ -59,8 +55,7 @@ def main(args) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    photo_options(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
     sys.exit(main(parser.parse_args()))

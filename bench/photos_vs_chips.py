@@ -13,14 +13,15 @@ the faces all three scored (a face no detector found in a photo is counted, not 
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from agefuse.fusion import DEFAULT_MODEL
 from agefuse.regions import manifest
+from common import run_logged
 
 PHOTO = (640, 480)
 
@@ -37,12 +38,6 @@ def paste(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     photo[top:top + side, left:left + side] = face
     return photo
-
-
-def run(command: list[str], log: Path) -> None:
-    with open(log, "w") as handle:
-        if subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"failed: {' '.join(command[:4])} ... (see {log})")
 
 
 def read_evaluation(folder: Path) -> dict[str, dict]:
@@ -68,12 +63,12 @@ def main(args) -> int:
         cv2.imwrite(str(out / "chips" / name), chip, [cv2.IMWRITE_JPEG_QUALITY, 95])
         cv2.imwrite(str(out / "photos" / name), paste(chip, rng), [cv2.IMWRITE_JPEG_QUALITY, 95])
 
-    model = ["--model", args.model] if args.model else []
+    model = ["--model", args.model]  # agefuse-evaluate takes no default model
     for folder in ("chips", "photos"):
-        run([sys.executable, "-m", "agefuse.fusion.evaluate", *model, "--images", str(out / folder),
+        run_logged([sys.executable, "-m", "agefuse.fusion.evaluate", *model, "--images", str(out / folder),
              "--out", str(out / f"eval-{folder}"), "--workers", "2"], out / f"eval-{folder}.log")
     photos = sorted((out / "photos").iterdir())
-    run([sys.executable, "-m", "agefuse.fusion.predict", *map(str, photos), *model, "--out", str(out / "predict"),
+    run_logged([sys.executable, "-m", "agefuse.fusion.predict", *map(str, photos), *model, "--out", str(out / "predict"),
          "--no-annotate"], out / "predict.log")
 
     chips, in_photos = read_evaluation(out / "eval-chips"), read_evaluation(out / "eval-photos")
@@ -121,7 +116,7 @@ def main(args) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True, help="a regions cache of UTKFace (its validation split is used)")
-    parser.add_argument("--model", default=None, help="fused.pt (default: the installed model)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="fused.pt (default: the installed model)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--faces", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
+from common import SHARED, command
 
 
 def rss_mb(pid: int) -> float | None:
@@ -38,10 +38,10 @@ def main(args) -> int:
     (work / "photos").mkdir()
     for path in chosen:
         os.symlink(path.resolve(), work / "photos" / path.name)
-    command = [str(Path(sys.executable).parent / "agefuse-predict"), str(work / "photos"), "--out", str(work / "out"),
-               "--no-annotate", "--quiet", "--whole-image-fallback"] + (["--model", args.model] if args.model else [])
+    argv = [command("agefuse-predict"), str(work / "photos"), "--out", str(work / "out"),
+            "--no-annotate", "--quiet", "--whole-image-fallback"] + (["--model", args.model] if args.model else [])
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = []  # (seconds, photos done, MB)
     while process.poll() is None:
         memory = rss_mb(process.pid)

@@ -14,12 +14,12 @@ so the table gives Adience's exact and one-off group accuracy next to the age MA
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from agefuse import recipe as recipes
 from agefuse.regions import manifest
+from common import run_logged
 
 RANGES = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]
 GROUPS = "r0-2:0-3,r4-6:4-7,r8-12:8-13,r15-20:14-22,r25-32:23-35,r38-43:36-45,r48-53:46-56,r60-100:57-"
@@ -51,25 +51,19 @@ def relabelled_cache(cache: Path, out: Path) -> Path:
     return target
 
 
-def run(command: list[str], log: Path) -> None:
-    with open(log, "w") as handle:
-        if subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"failed: {' '.join(command[:4])} ... (see {log})")
-
-
 def train_and_evaluate(name: str, cache: Path, exact_cache: Path, recipe, out: Path) -> dict:
     runs = out / name
     runs.mkdir(parents=True, exist_ok=True)
     for region, options in recipe.branches.items():
         if not (runs / region / "best.pt").is_file():
-            run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(cache), "--region", region,
+            run_logged([sys.executable, "-m", "agefuse.branches.train", "--cache", str(cache), "--region", region,
                  "--out", str(runs / region), "--seed", str(recipe.seed), "--device", recipe.device,
                  *recipes.stage_argv("branch", options)], runs / f"{region}.log")
-    run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(cache), "--runs", str(runs),
+    run_logged([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(cache), "--runs", str(runs),
          "--branches", ",".join(recipe.branches), "--out", str(runs / "fused"), "--seed", str(recipe.seed),
          *recipes.stage_argv("fusion", recipe.fusion)], runs / "fusion.log")
     # both judged on the exact ages of the same validation faces
-    run([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(runs / "fused" / "fused.pt"), "--cache",
+    run_logged([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(runs / "fused" / "fused.pt"), "--cache",
          str(exact_cache), "--split", "val", "--groups", GROUPS, "--out", str(runs / "eval")], runs / "evaluate.log")
     fused = json.loads((runs / "eval" / "evaluation.json").read_text())["results"]["fused"]
     return {"labels": name, "mae": fused["mae"], "cs5": fused["cs5"],

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import SHARED
+
 
 def main(args):
     files = sorted(p for p in Path(args.source).iterdir() if p.is_file())
@@ -52,7 +54,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "utkface"))
+    parser.add_argument("--source", default=str(SHARED))
     parser.add_argument("--images", type=int, default=2000, help="0 = every file")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--detector", default="hog")

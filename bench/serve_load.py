@@ -12,6 +12,7 @@ photo, without HTTP). Every answer is checked: status 200 and the photo's face c
 """
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -19,13 +20,12 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from agefuse.fusion import branch_pool, crop_settings, load_fused, predict_faces
-from predict_latency import photo, sample_faces
+from agefuse.fusion import predict_faces
+from common import bench_photos, command, photo_options, ready_model
 
 
 def free_port() -> int:
@@ -38,8 +38,8 @@ def free_port() -> int:
 def serving(model: str | None = None, threads: int = 2):
     """``agefuse-serve`` on a free loopback port, ready (its /health answers); yields its URL."""
     port = free_port()
-    command = [str(Path(sys.executable).parent / "agefuse-serve"), "--port", str(port), "--threads", str(threads)]
-    server = subprocess.Popen(command + (["--model", model] if model else []), stdout=subprocess.DEVNULL,
+    argv = [command("agefuse-serve"), "--port", str(port), "--threads", str(threads)]
+    server = subprocess.Popen(argv + (["--model", model] if model else []), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -58,7 +58,6 @@ def serving(model: str | None = None, threads: int = 2):
 def post(url: str, data: bytes) -> tuple[int, int]:
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/octet-stream"})
     with urllib.request.urlopen(request, timeout=120) as response:
-        import json
         return response.status, len(json.loads(response.read())["faces"])
 
 
@@ -88,14 +87,10 @@ def load(url: str, photos: list[tuple[bytes, int]], clients: int, requests: int,
 
 
 def main(args) -> int:
-    faces = sample_faces(args.source, 4)
-    images = [photo(faces[:1], 1), photo(faces, 2)]
     photos = [(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), n)
-              for image, n in zip(images, (1, 4))]
+              for image, n in zip(bench_photos(args.source).values(), (1, 4))]
 
-    model, _ = load_fused(args.model)
-    model.trace_branches()
-    pool, settings = branch_pool(model, args.threads), crop_settings(model)
+    model, pool, settings = ready_model(args.model, args.threads)
     direct = []
     for _ in range(3):
         for data, _n in photos:
@@ -128,10 +123,9 @@ def main(args) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    photo_options(parser)
     parser.add_argument("--clients", type=lambda t: [int(x) for x in t.split(",")], default=[4, 16])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--direct-repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
     sys.exit(main(parser.parse_args()))

@@ -9,15 +9,17 @@ figure is the network's); then the per-image cost of each declared augmentation 
 the whole pipeline at each size, and the loader's own images/s with the pipeline on.
 """
 import argparse
+import copy
+import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from agefuse.branches import augment
-from agefuse.branches.data import RegionDataset
-from agefuse.branches.model import branch_loss, create_model
+from agefuse.branches import RegionDataset, augmentation, branch_loss, create_model
 
 
 def step_speed(name, size, images, ages, genders, device, steps):
@@ -43,19 +45,22 @@ def augment_cost(region, size, images, repeats=200):
     """ms per image of each declared step (p forced to 1) and of the pipeline as declared."""
     crops = [np.ascontiguousarray(images[i % len(images)].numpy().transpose(1, 2, 0)) for i in range(repeats)]
     costs = {}
-    for step in augment.load_config("default")[region]:
-        (name, kwargs), = step.items()
-        transform = augment.build_step({name: {**kwargs, "p": 1.0}})
+    pipeline = augmentation(region, "default", seed=0)
+    for step in pipeline.transforms:
+        transform = copy.deepcopy(step)
+        transform.p = 1.0
         start = time.perf_counter()
         for crop in crops:
             transform(image=crop)
-        costs[name] = 1000 * (time.perf_counter() - start) / repeats
-    pipeline = augment.build_pipeline(region, "default", seed=0)
+        costs[type(step).__name__] = 1000 * (time.perf_counter() - start) / repeats
     start = time.perf_counter()
     for crop in crops:
         pipeline(image=crop)
     costs["pipeline as declared"] = 1000 * (time.perf_counter() - start) / repeats
-    slow = augment.build_step({"Denoise": {"method": "nlmeans", "p": 1.0}})
+    with tempfile.TemporaryDirectory() as folder:  # a step the default does not declare: a file of its own
+        config = Path(folder) / "nlmeans.json"
+        config.write_text(json.dumps({region: [{"Denoise": {"method": "nlmeans", "p": 1.0}}]}))
+        slow = augmentation(region, str(config), seed=0)
     start = time.perf_counter()
     for crop in crops[:50]:
         slow(image=crop)
@@ -84,7 +89,7 @@ def main(args):
         for name, ms in costs.items():
             print(f"  {name:>28}: {ms:6.3f}")
     for workers in (0, 1):
-        loader_set = RegionDataset(args.cache, "face", "train", 64, augment.build_pipeline("face", "default", seed=0))
+        loader_set = RegionDataset(args.cache, "face", "train", 64, augmentation("face", "default", seed=0))
         loader = torch.utils.data.DataLoader(loader_set, batch_size=64, num_workers=workers,
                                              sampler=range(0, 64 * 20))
         start = time.perf_counter()
@@ -97,7 +102,8 @@ def main(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True)
-    parser.add_argument("--models", default="small_cnn,efficientnet_lite0,resnet18")
+    parser.add_argument("--models", default="small_cnn,dlib_age_resnet,dlib_gender_cnn",
+                        help="backbones of the BACKBONES registry, comma-separated")
     parser.add_argument("--sizes", default="48,64,96")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--device", default="cpu")

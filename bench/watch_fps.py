@@ -5,7 +5,7 @@ detection every frame and every 5th frame, and where the time goes.
 
 The videos (MJPG, 25 fps) are built in a temporary folder from bundled UTKFace faces,
 180 px, swaying sideways over a noisy gradient. Each configuration runs agefuse-watch's loop
-(``agefuse.watch.loop.watch``, default settings otherwise) with its outputs written (the timeline,
+(``agefuse.watch.watch``, default settings otherwise) with its outputs written (the timeline,
 the tracks and, unless ``--no-video``, the annotated mp4): detection every frame; every 5th
 frame with dlib's correlation tracker between (the default); every 5th frame with
 ``--tracker hold``. fps = frames / wall time of the loop; loading the model and a warm-up
@@ -16,7 +16,6 @@ detector's share timed apart on the same frames; model (branches + fusion head);
 """
 import argparse
 import math
-import os
 import tempfile
 from pathlib import Path
 from time import perf_counter
@@ -25,11 +24,10 @@ import cv2
 import numpy as np
 import torch
 
-from predict_latency import sample_faces  # bench/ is on the path of a bench script
 from agefuse.fusion import crop_settings, find_faces
-from agefuse.regions import landmarks
-from agefuse.watch.loop import FaceEstimator, Settings, Stopwatch, watch
-from agefuse.watch.video import Outputs, open_source
+from agefuse.regions import face_locations
+from agefuse.watch import FaceEstimator, Outputs, Settings, Stopwatch, open_source, watch
+from common import branch_sizes, photo_options, sample_faces
 
 LAYOUTS = {1: [(230, 150)], 3: [(30, 40), (430, 40), (230, 280)]}  # top-left corners of 180-px faces
 STAGES = ("decode", "detect", "landmarks+crops", "model", "track", "annotate", "encode", "write")
@@ -61,7 +59,7 @@ def detect_share(estimator: FaceEstimator, path: Path, threads: int, step: int =
             break
         if index % step == 0:
             start = perf_counter()
-            landmarks.face_locations(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), threads=threads)
+            face_locations(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), threads=threads)
             middle = perf_counter()
             find_faces(estimator.model, frame, crop_settings(estimator.model), threads)
             detect.append(middle - start)
@@ -84,7 +82,7 @@ def main(args):
     estimator = FaceEstimator(args.model, threads=args.threads if args.side_by_side else None)
     model = estimator.model
     faces = [cv2.resize(face, (180, 180), interpolation=cv2.INTER_AREA) for face in sample_faces(args.source, 3)]
-    print(f"model {args.model}: branches {', '.join(f'{r} {s}px' for r, s in zip(model.regions, model.image_sizes))}; "
+    print(f"model {args.model}: branches {branch_sizes(model)}; "
           f"{torch.get_num_threads()} torch threads, branches "
           f"{'side by side' if estimator.pool else 'one after another'}, {cv2.getNumThreads()} OpenCV threads; {args.frames} frames "
           f"of 640x480 per run; annotated video {'written (mp4v)' if args.video else 'off'}")
@@ -120,9 +118,8 @@ def main(args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="fused.pt")
-    parser.add_argument("--source", default=os.path.join(os.path.dirname(__file__), "..", "sample", "utkface"))
+    photo_options(parser)
     parser.add_argument("--frames", type=int, default=150)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one-after-another", dest="side_by_side", action="store_false",
                         help="run the branches in turn, each on all threads")
     parser.add_argument("--no-video", dest="video", action="store_false")

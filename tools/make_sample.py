@@ -1,7 +1,7 @@
 """Draw the bundled sample: ~28 UTKFace images per default age group (seeded), copied to
 sample/utkface/. Run once; its output is committed, the rest of the data set is not.
 
-    python bench/make_sample.py ../shared/utkface sample/utkface --per-group 28 --seed 0
+    python tools/make_sample.py ../shared/utkface sample/utkface --per-group 28 --seed 0
 """
 import argparse
 import random

