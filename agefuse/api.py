@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
-Image = Union[str, os.PathLike, bytes, np.ndarray]
+Image = str | os.PathLike | bytes | np.ndarray
 Channels = Literal["rgb", "bgr"]
 
 
@@ -27,6 +27,7 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
     """BGR uint8 pixels from a path, encoded bytes, or an array whose channel order is
     given (``channels``: ``"rgb"`` or ``"bgr"``; a 2-D array is grey)."""
     import cv2
+
     from agefuse.regions import TooLarge, decode, read_image_file
     if isinstance(image, (str, os.PathLike)):
         try:

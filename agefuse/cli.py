@@ -19,7 +19,7 @@ def run_command(get_args_parser: Callable, main: Callable, errors: tuple[type[Ba
     try:
         return main(get_args_parser().parse_args())
     except (OSError, ValueError, csv.Error, *errors) as err:  # a file we were handed, or its contents
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
 
 
 def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -13,7 +13,8 @@ command would not accept and a misspelt key is an error naming the file and the 
 
     [regions]                    # agefuse-regions options
     [branch]                     # agefuse-train-branch options shared by every branch
-    [branches.<region>]          # one table per branch, in training order: its own options
+    [branches.<name>]            # one table per branch, in training order: its own options,
+                                 # crop = its region (default: the name) and model = its network
     [out-of-fold]                # optional: folds = K, regions = [...]: those branches also train K
                                  # times, each leaving a K-th of the training faces out, for the head
                                  # (with [fusion] cross-fit = true, instead of their full branch)
@@ -27,9 +28,10 @@ recipe as run and the git commit next to its results.
 from __future__ import annotations
 
 import argparse
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "out-of-fold", "fusion",
              "joint", "ablation", "description")
@@ -140,10 +142,10 @@ def load(path: str | Path) -> Recipe:
     parsers = _parsers()
     check(parsers["regions"], ["SOURCE", "--cache", "CACHE", *to_argv(parsers["regions"], recipe.regions,
                                                                      f"{path} [regions]")], f"{path} [regions]")
-    for region, options in recipe.branches.items():
-        where = f"{path} [branches.{region}]"
-        check(parsers["branch"], ["--cache", "C", "--out", "O", "--region", region,
-                                  *to_argv(parsers["branch"], options, where)], where)
+    for name, options in recipe.branches.items():
+        where = f"{path} [branches.{name}]"
+        check(parsers["branch"], ["--cache", "C", "--out", "O", *to_argv(parsers["branch"], with_crop(name, options),
+                                                                           where)], where)
     check(parsers["fusion"], ["--cache", "C", "--out", "O", *to_argv(parsers["fusion"], recipe.fusion,
                                                                      f"{path} [fusion]")], f"{path} [fusion]")
     if recipe.out_of_fold:
@@ -168,9 +170,16 @@ def load(path: str | Path) -> Recipe:
         if region not in recipe.branches:
             raise ValueError(f"{where}: region must name one of the recipe's branches ({', '.join(recipe.branches)})")
         options = {k: v for k, v in recipe.ablation.items() if k != "region"}
-        check(parsers["branch"], ["--cache", "C", "--out", "O", "--region", region,
-                                  *to_argv(parsers["branch"], {**recipe.branches[region], **options}, where)], where)
+        check(parsers["branch"], ["--cache", "C", "--out", "O",
+                                  *to_argv(parsers["branch"], with_crop(region, {**recipe.branches[region], **options}),
+                                           where)], where)
     return recipe
+
+
+def with_crop(name: str, options: dict) -> dict:
+    """A branch table's options with its crop said: a table without ``crop`` (or ``region``)
+    names a branch after its region (``[branches.mouth]``)."""
+    return options if {"crop", "region"} & set(options) else {"crop": name, **options}
 
 
 def fold_options(options: dict, fold: int, folds: int) -> dict:

@@ -123,8 +123,8 @@ def plan(recipe: recipes.Recipe, source: str, layout: Layout) -> list[Stage]:
 
     def branch(name: str, run: Path, options: dict) -> Stage:
         return Stage(f"branch {run.name}", "branch",
-                     ["--cache", str(layout.cache), "--region", name, "--out", str(run), *seed, *device,
-                      *recipes.stage_argv("branch", options)], resume_from=run / "last.pt")
+                     ["--cache", str(layout.cache), "--out", str(run), *seed, *device,
+                      *recipes.stage_argv("branch", recipes.with_crop(name, options))], resume_from=run / "last.pt")
 
     skipped = cross_fitted(recipe)
     stages += [branch(name, layout.branch(name), options) for name, options in recipe.branches.items()

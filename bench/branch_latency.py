@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from common import mean_ms
 
 from agefuse.branches import fold_norms
 from agefuse.fusion import DEFAULT_MODEL, load_fused
-from common import mean_ms
 
 
 def main(args):
@@ -32,7 +32,8 @@ def main(args):
     inputs = [torch.randint(0, 255, (2 if region == "eyes" else 1, 3, size, size), dtype=torch.uint8)
               for region, size in zip(plain.regions, plain.image_sizes)]
     pool = ThreadPoolExecutor(2)
-    print(f"model {args.model or DEFAULT_MODEL}, batch 1 (eyes: its two views), ms, mean of {args.repeats} calls after 3 warm-up calls")
+    print(f"model {args.model or DEFAULT_MODEL}, batch 1 (eyes: its two views), ms, mean of {args.repeats} calls "
+          "after 3 warm-up calls")
     print("| way | " + " | ".join(f"{r} {s}px" for r, s in zip(plain.regions, plain.image_sizes))
           + " | four one after another | four side by side (2 threads) |")
     print("|---|" + "---|" * (len(inputs) + 2))
@@ -52,5 +53,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="fused.pt (default: the installed model)")
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (about a minute to compile the four here)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile (about a minute to compile the four here)")
     main(parser.parse_args())

@@ -8,9 +8,9 @@ import argparse
 
 import cv2
 import numpy as np
+from common import SAMPLE, bench_photos, mean_ms
 
 from agefuse.regions import face_locations
-from common import SAMPLE, bench_photos, mean_ms
 
 
 def main(args):

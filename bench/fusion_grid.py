@@ -48,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
     summary = json.loads((args.run / "fused" / "fusion.json").read_text())
     spec = ",".join(r if isinstance(p, list) else f"{r}={p}" for r, p in summary["branches"].items())
     # and the run's fold branches, if its head learned from them (or, cross-fitted, they are the branch)
-    out_of_fold = [a for r, ps in summary.get("out_of_fold", {}).items() for a in ("--out-of-fold", f"{r}={','.join(ps)}")]
+    out_of_fold = [a for r, ps in summary.get("out_of_fold", {}).items()
+                   for a in ("--out-of-fold", f"{r}={','.join(ps)}")]
     out_of_fold += ["--cross-fit"] if summary.get("cross_fit") else []
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"| {' | '.join(names)} | age MAE | CS@5 | worst decade 0-89 | gender | interval | best epoch |",
@@ -62,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
             if not (folder / "fused" / features.name).exists():
                 shutil.copy(features, folder / "fused" / features.name)
         tick = time.perf_counter()
-        run_logged([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(args.run / "cache"), "--branches", spec,
-             "--out", str(folder / "fused"), "--device", "cpu", *out_of_fold,
+        run_logged([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(args.run / "cache"),
+             "--branches", spec, "--out", str(folder / "fused"), "--device", "cpu", *out_of_fold,
              *[a for n, v in zip(names, values) for a in option(n, v)]], folder / "fusion.log", cwd=ROOT)
         run_logged([sys.executable, "-m", "agefuse.fusion.evaluate", "--model", str(folder / "fused" / "fused.pt"),
              "--cache", str(args.run / "cache"), "--split", "val", "--out", str(folder / "eval")],

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from common import bench_photos, command, photo_options, predict_ms, ready_model
 
 from agefuse.fusion import OnnxModel
-from common import bench_photos, command, photo_options, predict_ms, ready_model
 
 
 def main(args) -> int:

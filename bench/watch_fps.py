@@ -23,11 +23,11 @@ from time import perf_counter
 import cv2
 import numpy as np
 import torch
+from common import branch_sizes, photo_options, sample_faces
 
 from agefuse.fusion import crop_settings, find_faces
 from agefuse.regions import face_locations
 from agefuse.watch import FaceEstimator, Outputs, Settings, Stopwatch, open_source, watch
-from common import branch_sizes, photo_options, sample_faces
 
 LAYOUTS = {1: [(230, 150)], 3: [(30, 40), (430, 40), (230, 280)]}  # top-left corners of 180-px faces
 STAGES = ("decode", "detect", "landmarks+crops", "model", "track", "annotate", "encode", "write")
@@ -50,8 +50,8 @@ def make_video(path: Path, faces: list[np.ndarray], frames: int, fps: float = 25
 
 def detect_share(estimator: FaceEstimator, path: Path, threads: int, step: int = 10) -> tuple[float, float]:
     """dlib's HOG detector alone, in ms, and its share of ``find_faces`` (detection, and the
-    landmarks and crops the estimator's model reads), both timed on every ``step``-th frame, one after the other on each, with the
-    detector the loop uses (its pyramid shared between ``threads``)."""
+    landmarks and crops the estimator's model reads), both timed on every ``step``-th frame, one
+    after the other on each, with the detector the loop uses (its pyramid shared between ``threads``)."""
     capture, detect, faces, index = cv2.VideoCapture(str(path)), [], [], 0
     while True:
         ok, frame = capture.read()
@@ -71,7 +71,8 @@ def detect_share(estimator: FaceEstimator, path: Path, threads: int, step: int =
 def run(estimator: FaceEstimator, path: Path, every: int, tracker: str, out: Path, video: bool) -> dict:
     source = open_source(str(path))
     try:
-        with Outputs(out, source.fps, source.size, "annotated.mp4" if video else None, say=lambda line: None) as outputs:
+        with Outputs(out, source.fps, source.size, "annotated.mp4" if video else None,
+                     say=lambda line: None) as outputs:
             return watch(source, estimator, Settings(every=every, tracker=tracker), outputs)
     finally:
         source.release()
@@ -84,8 +85,8 @@ def main(args):
     faces = [cv2.resize(face, (180, 180), interpolation=cv2.INTER_AREA) for face in sample_faces(args.source, 3)]
     print(f"model {args.model}: branches {branch_sizes(model)}; "
           f"{torch.get_num_threads()} torch threads, branches "
-          f"{'side by side' if estimator.pool else 'one after another'}, {cv2.getNumThreads()} OpenCV threads; {args.frames} frames "
-          f"of 640x480 per run; annotated video {'written (mp4v)' if args.video else 'off'}")
+          f"{'side by side' if estimator.pool else 'one after another'}, {cv2.getNumThreads()} OpenCV threads; "
+          f"{args.frames} frames of 640x480 per run; annotated video {'written (mp4v)' if args.video else 'off'}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in (1, 3):

@@ -20,10 +20,30 @@ Offers to the next stage:
 """
 from .backbones import BACKBONES, fold_norms
 from .checkpoint import CheckpointError, load_branch, read_torch_file
-from .data import BRANCH_REGIONS, MIRROR_INVARIANT, UNKNOWN_GENDER, CacheError, RegionDataset, age_range_of
-from .model import (AGE, AGE_LOGITS, BRANCH_OUTPUTS, EMBEDDING, EMBEDDING_DIM, GENDER_LOGIT, GENDER_WEIGHT, MAX_AGE,
-                    FoldAverage, branch_loss, create_model, current_model_args, model_from_args)
-
+from .data import (
+    BRANCH_REGIONS,
+    MIRROR_INVARIANT,
+    RENAMED_REGIONS,
+    UNKNOWN_GENDER,
+    CacheError,
+    RegionDataset,
+    age_range_of,
+)
+from .model import (
+    AGE,
+    AGE_LOGITS,
+    BRANCH_OUTPUTS,
+    EMBEDDING,
+    EMBEDDING_DIM,
+    GENDER_LOGIT,
+    GENDER_WEIGHT,
+    MAX_AGE,
+    FoldAverage,
+    branch_loss,
+    create_model,
+    current_model_args,
+    model_from_args,
+)
 
 
 def augmentation(region: str, aug: str = "default", seed: int | None = None):
@@ -39,6 +59,8 @@ def train_branch_parser():
     return get_args_parser()
 
 
-__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "CacheError", "CheckpointError", "RegionDataset",
-           "EMBEDDING", "EMBEDDING_DIM", "FoldAverage", "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "augmentation", "branch_loss", "create_model", "current_model_args", "fold_norms", "load_branch", "model_from_args", "read_torch_file",
+__all__ = ["AGE", "AGE_LOGITS", "BACKBONES", "BRANCH_OUTPUTS", "BRANCH_REGIONS", "MIRROR_INVARIANT", "RENAMED_REGIONS",
+           "CacheError", "CheckpointError", "RegionDataset", "EMBEDDING", "EMBEDDING_DIM", "FoldAverage",
+           "GENDER_LOGIT", "GENDER_WEIGHT", "MAX_AGE", "UNKNOWN_GENDER", "age_range_of", "augmentation", "branch_loss",
+           "create_model", "current_model_args", "fold_norms", "load_branch", "model_from_args", "read_torch_file",
            "train_branch_parser"]

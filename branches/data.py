@@ -7,14 +7,11 @@ Branch regions and the cache crops they read (``mirror``: flipped left-right fir
                right eye looks like a left eye, so two samples per face, one set of weights)
     left_eye   left_eye        right_eye   right_eye
     mouth      mouth           original    original (resized)
-    face_alt, original_alt     the face and original crops again, for a second network
-               beside ``face`` or ``original`` (another backbone or size: dlib's 32-px gender
-               CNN on the original crop, say)
-    original_alt2              the original crop for a third network (dlib's face-recognition
-               ResNet beside the face-age ResNet and the gender CNN)
     face_chip  face_chip: the face framed as dlib's own 150-px chips (for dlib's networks)
-    face_chip_alt              the face_chip crop for a second network (dlib's face-age ResNet,
-               which dlib-models trained on such chips at 64 px)
+
+A branch is named apart from its region (its crop): a recipe's ``[branches.original_gender_cnn]``
+says ``crop = "original"`` and ``model = "dlib_gender_cnn"``, so one crop can feed several
+networks, each a branch of its own name.
 """
 from __future__ import annotations
 
@@ -34,12 +31,13 @@ BRANCH_REGIONS = {
     "right_eye": (("right_eye", False),),
     "mouth": (("mouth", False),),
     "original": (("original", False),),
-    "face_alt": (("face", False),),
     "face_chip": (("face_chip", False),),
-    "face_chip_alt": (("face_chip", False),),
-    "original_alt": (("original", False),),
-    "original_alt2": (("original", False),),
 }
+# an older agefuse named a crop's second and third networks as regions of their own; a file
+# that says one of these is read as the crop it was (and a fused model renames such a branch:
+# agefuse.fusion.model.renamed)
+RENAMED_REGIONS = {"face_alt": "face", "face_chip_alt": "face_chip", "original_alt": "original",
+                   "original_alt2": "original"}
 # crops that, mirrored, are still a crop of their kind; a mirrored left eye would be a right eye
 _MIRROR_INVARIANT_CROPS = frozenset({"face", "face_chip", "mouth", "original"})
 # regions whose every crop is such a crop, read unmirrored (their augmentation flips them)

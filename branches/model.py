@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BACKBONES, build_backbone
+from .data import RENAMED_REGIONS
 
 # the defaults of every branch, named once: the training command and the factory refer here
 MAX_AGE, EMBEDDING_DIM = 100, 128
@@ -101,7 +102,10 @@ def current_model_args(args: dict, source: object = "model_args") -> dict:
     if args.get("model") in RETIRED_BACKBONES:
         raise ValueError(f"{source}: a {args['model']} branch, a backbone agefuse no longer has: train it "
                          f"again with one of {', '.join(model_names())}")
-    return {**MODEL_ARG_DEFAULTS, **{k: v for k, v in args.items() if k not in RETIRED_MODEL_ARGS}}
+    current = {**MODEL_ARG_DEFAULTS, **{k: v for k, v in args.items() if k not in RETIRED_MODEL_ARGS}}
+    if current.get("region") in RENAMED_REGIONS:  # an older name for a crop's further network
+        current["region"] = RENAMED_REGIONS[current["region"]]
+    return current
 
 
 def model_from_args(args: dict) -> BranchModel | FoldAverage:
@@ -110,7 +114,8 @@ def model_from_args(args: dict) -> BranchModel | FoldAverage:
     ``averaged_folds`` K, a ``FoldAverage`` of K such branches."""
     args = current_model_args(args)
     if args["averaged_folds"]:
-        return FoldAverage([model_from_args({**args, "averaged_folds": None}) for _ in range(int(args["averaged_folds"]))])
+        return FoldAverage([model_from_args({**args, "averaged_folds": None})
+                            for _ in range(int(args["averaged_folds"]))])
     return create_model(args["model"], max_age=args["max_age"], embedding_dim=args["embedding_dim"],
                         pretrained=False, feature_scale=float(args["feature_scale"]))
 

@@ -29,8 +29,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed, seed_worker
-from agefuse.cli import (HelpFormatter, device_name, existing_file, float_in, fold_spec, int_at_least, json_text,
-                         output_folder, run_command, torch_device)
+from agefuse.cli import (
+    HelpFormatter,
+    device_name,
+    existing_file,
+    float_in,
+    fold_spec,
+    int_at_least,
+    json_text,
+    output_folder,
+    run_command,
+    torch_device,
+)
+
 from . import augment
 from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
@@ -42,12 +53,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train one region's CNN branch.", add_help=add_help,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--cache", required=True, help="a cache written by agefuse-regions")
-    parser.add_argument("--region", required=True, choices=sorted(BRANCH_REGIONS))
+    parser.add_argument("--region", "--crop", dest="region", required=True, choices=sorted(BRANCH_REGIONS),
+                        help="the region (its crops) the branch reads; the branch's name is its --out folder's, "
+                             "or the name a recipe's [branches.NAME] table gives it")
     parser.add_argument("--out", required=True, type=output_folder, help="run folder: checkpoints, history, plots")
     # model
     parser.add_argument("--model", default="small_cnn", choices=model_names())
     parser.add_argument("--max-age", type=int_at_least(1), default=MAX_AGE, help="oldest age the head can say")
-    parser.add_argument("--embedding-dim", type=int_at_least(1), default=EMBEDDING_DIM, help="size of the embedding fusion reads")
+    parser.add_argument("--embedding-dim", type=int_at_least(1), default=EMBEDDING_DIM,
+                        help="size of the embedding fusion reads")
     parser.add_argument("--feature-scale", type=float_in(0, 1000, low_open=True), default=FEATURE_SCALE,
                         help="multiplies the backbone's features before the embedding layer: 8 for "
                              "dlib_face_resnet, whose descriptor is about 0.12 per dimension")
@@ -86,7 +100,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "from a gender network, so that the age loss does not wash its features out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int_at_least(0), default=1, help="data-loading processes (0 = in the loop)")
-    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (CUDA when present), cpu, cuda, cuda:1")
     parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     return parser
@@ -211,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
                         worker_init_fn=seed_worker, pin_memory=device.type == "cuda", drop_last=False)
     val_loader = DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers)
     log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
-        f"from {args.cache}{' (part %d of %d left out)' % args.fold if args.fold else ''}; "
+        f"from {args.cache}{f' (part {args.fold[0]} of {args.fold[1]} left out)' if args.fold else ''}; "
         f"{world} process(es) on {device}")
 
     # model, optimiser, stop rule

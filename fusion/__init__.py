@@ -45,6 +45,6 @@ def train_joint_parser():
     return get_args_parser()
 
 
-__all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "age_report", "gender_report", "OnnxModel", "branch_pool", "crop_settings", "draw_labelled_box",
-           "estimate", "find_faces", "load_fused", "oof_path", "predict_faces", "read_features", "train_fusion_parser",
-           "train_joint_parser"]
+__all__ = ["DEFAULT_MODEL", "BranchBlock", "FusedModel", "age_report", "gender_report", "OnnxModel", "branch_pool",
+           "crop_settings", "draw_labelled_box", "estimate", "find_faces", "load_fused", "oof_path", "predict_faces",
+           "read_features", "train_fusion_parser", "train_joint_parser"]

@@ -127,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
     for rank, i in enumerate(order, start=1):
         row = rows[i]
         table.append({"rank": rank, "id": row["id"], "source": row["source"], "split": row["split"],
-                      "label_age": f"{label_low[i]:g}" if label_low[i] == label_high[i] else f"{label_low[i]:g}-{label_high[i]:g}",
+                      "label_age": (f"{label_low[i]:g}" if label_low[i] == label_high[i]
+                                    else f"{label_low[i]:g}-{label_high[i]:g}"),
                       "label_gender": {0: "M", 1: "F"}.get(row["gender"], "?"),
                       "age": float(predicted["age"][i]), "age_low": float(low[i]), "age_high": float(high[i]),
                       "p_female": float(female[i]), "age_outside": float(scores["age_outside"][i]),

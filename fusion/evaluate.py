@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agefuse.regions import DETECTORS, build_cache, manifest
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
+from agefuse.regions import DETECTORS, build_cache, manifest
 
 from .features import extract
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, group_report, parse_groups
+from .inference import crop_settings
 from .metrics import age_report, gender_report, interval_coverage
 from .model import in_calibration_half, load_fused
-from .inference import crop_settings
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -45,8 +45,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="with --images: a face the detector misses is not evaluated (counted as no face)")
     parser.add_argument("--groups", type=checked(parse_groups), default=DEFAULT_GROUPS,
                         help="age groups whose probabilities are checked: NAME:LOW-HIGH,...,NAME:LOW-")
-    parser.add_argument("--out", required=True, type=output_folder, help="folder for the tables, plots and predictions.csv")
-    parser.add_argument("--workers", type=int_at_least(1), default=2, help="with --images: processes for the regions stage")
+    parser.add_argument("--out", required=True, type=output_folder,
+                        help="folder for the tables, plots and predictions.csv")
+    parser.add_argument("--workers", type=int_at_least(1), default=2,
+                        help="with --images: processes for the regions stage")
     return parser
 
 
@@ -95,7 +97,8 @@ def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = f
         have = data["present"][:, i]
         block = data["features"][have, i]
         result[region] = {**age_report(data["age"][have], model.block.age(block), data["race"][have]),
-                          "gender": gender_report(data["gender"][have], 1 / (1 + np.exp(-model.block.gender_logit(block))))}
+                          "gender": gender_report(data["gender"][have],
+                                                  1 / (1 + np.exp(-model.block.gender_logit(block))))}
     return result, data, fused
 
 
@@ -132,7 +135,8 @@ def markdown(result: dict, counts: dict) -> str:
             lines.append(f"| {label} {key} | " +
                          " | ".join(f"{result[c][group][key]:.1%}" for c in columns) + " |")
     decades = result["fused"]["mae_by_decade"]
-    lines += ["", "MAE per age decade:", "", "| decade | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += ["", "MAE per age decade:", "", "| decade | " + " | ".join(columns) + " |",
+              "|---|" + "---|" * len(columns)]
     for decade in decades:
         lines.append(f"| {decade} | " + " | ".join(
             f"{result[c]['mae_by_decade'].get(decade, float('nan')):.2f}" for c in columns) + " |")
@@ -152,7 +156,8 @@ def markdown(result: dict, counts: dict) -> str:
 def group_lines(report: dict) -> str:
     names = list(report["per_group"])
     lines = [f"Age groups {', '.join(report['groups'])}: exact accuracy {report['exact_accuracy']:.1%}, one-off "
-             f"{report['one_off_accuracy']:.1%} (the most probable group; one-off: a neighbouring group counts too).", "",
+             f"{report['one_off_accuracy']:.1%} (the most probable group; one-off: a neighbouring group "
+             "counts too).", "",
              "| group | precision | recall | faces | calibration error (ECE) of P(group) |", "|---|---|---|---|---|"]
     for name in names:
         g = report["per_group"][name]
@@ -179,7 +184,9 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
     ax.scatter(true, predicted, s=4, alpha=0.4)
     ax.plot([0, 100], [0, 100], "k--", lw=0.8)
     ax.set(xlabel="true age", ylabel="predicted age", title=f"fused: MAE {result['fused']['mae']:.2f}")
-    fig.tight_layout(); fig.savefig(out / "predicted_vs_true.png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out / "predicted_vs_true.png", dpi=100)
+    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for name in result:
@@ -187,16 +194,22 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
         ax.plot(list(decades), list(decades.values()), "o-" if name == "fused" else ".--",
                 lw=2 if name == "fused" else 1, label=name)
     ax.set(xlabel="true age decade", ylabel="MAE (years)", title="error by age")
-    ax.legend(); fig.tight_layout(); fig.savefig(out / "error_by_age.png", dpi=100); plt.close(fig)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "error_by_age.png", dpi=100)
+    plt.close(fig)
 
     confusion = np.array(result["fused"]["gender"]["confusion"])
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     ax.imshow(confusion, cmap="Blues")
     for (i, j), v in np.ndenumerate(confusion):
         ax.text(j, i, str(v), ha="center", va="center", color="black")
-    ax.set_xticks([0, 1], ["male", "female"]); ax.set_yticks([0, 1], ["male", "female"])
+    ax.set_xticks([0, 1], ["male", "female"])
+    ax.set_yticks([0, 1], ["male", "female"])
     ax.set(xlabel="predicted", ylabel="true", title="gender (fused)")
-    fig.tight_layout(); fig.savefig(out / "gender_confusion.png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out / "gender_confusion.png", dpi=100)
+    plt.close(fig)
 
     report = result["fused"]["age_groups"]
     names = list(report["per_group"])
@@ -205,9 +218,12 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
     ax.imshow(confusion, cmap="Blues")
     for (i, j), v in np.ndenumerate(confusion):
         ax.text(j, i, str(v), ha="center", va="center", color="black")
-    ax.set_xticks(range(len(names)), names); ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="predicted (most probable)", ylabel="true", title="age groups (fused)")
-    fig.tight_layout(); fig.savefig(out / "group_confusion.png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out / "group_confusion.png", dpi=100)
+    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
@@ -218,7 +234,9 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
     ax.set(xlabel="stated probability", ylabel="observed frequency", title="reliability of the group probabilities",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout(); fig.savefig(out / "reliability.png", dpi=100); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -248,8 +266,8 @@ def main(args: argparse.Namespace) -> int:
     calibrated = ({r["id"] for r in rows if in_calibration_half(r["id"])}
                   if same_cache and split == "val" and calibration.get("split") == "val" else set())
     result, data, fused = evaluate_rows(model, cache, rows, calibrated, args.groups)
-    (out / "evaluation.json").write_text(json_text({"images": counts, "results": result,
-                                                     "model": args.model, "source": str(cache), "split": split}, indent=1))
+    (out / "evaluation.json").write_text(json_text({"images": counts, "results": result, "model": args.model,
+                                                     "source": str(cache), "split": split}, indent=1))
     write_predictions(out / "predictions.csv", model, rows, data, fused, args.groups)
     table = markdown(result, counts)
     (out / "evaluation.md").write_text(table)

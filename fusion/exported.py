@@ -15,16 +15,16 @@ from .model import FusedModel
 
 def example_inputs(model: FusedModel, count: int = 3, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    views = [torch.randint(0, 256, (count, len(BRANCH_REGIONS[r]), 3, s, s), generator=generator, dtype=torch.uint8)
-             for r, s in zip(model.regions, model.image_sizes)]
+    views = [torch.randint(0, 256, (count, len(BRANCH_REGIONS[model.crops[r]]), 3, s, s), generator=generator,
+                           dtype=torch.uint8) for r, s in zip(model.regions, model.image_sizes)]
     present = torch.ones(count, len(model.regions), dtype=torch.bool)
     present[0, -1] = False  # one face with a crop missing, so that path is traced too
     return views, present
 
 
 def meta(model: FusedModel) -> dict:
-    return {"regions": model.regions, "image_sizes": model.image_sizes,
-            "views": {r: [name + (" (mirrored)" if mirror else "") for name, mirror in BRANCH_REGIONS[r]]
+    return {"regions": model.regions, "branch_regions": model.crops, "image_sizes": model.image_sizes,
+            "views": {r: [name + (" (mirrored)" if mirror else "") for name, mirror in BRANCH_REGIONS[model.crops[r]]]
                       for r in model.regions},
             "outputs": ["age", "age_low", "age_high", "p_female"] + [f"age_{r}" for r in model.regions],
             "interval": model.interval}

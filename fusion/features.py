@@ -23,8 +23,8 @@ from .model import FusedModel
 
 
 def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.ndarray | None:
-    """(V, 3, size, size) uint8 views of one face for a branch, from RGB crops by cache
-    name; None when a crop it needs is missing."""
+    """(V, 3, size, size) uint8 views of one face for a branch of ``region`` (its crop,
+    ``FusedModel.crops``), from RGB crops by cache name; None when a crop it needs is missing."""
     views = []
     for name, mirror in BRANCH_REGIONS[region]:
         image = crops.get(name)
@@ -38,7 +38,7 @@ def views_of(region: str, crops: dict[str, np.ndarray | None], size: int) -> np.
     return np.stack(views)
 
 
-def crops_read(regions: list[str]) -> tuple[str, ...]:
+def crops_read(regions) -> tuple[str, ...]:
     """The cache crops that branches of ``regions`` read, in the crop registry's order."""
     names = {name for region in regions for name, _ in BRANCH_REGIONS[region]}
     return tuple(name for name in REGIONS if name in names)
@@ -48,9 +48,9 @@ def batch_inputs(model: FusedModel, faces: list[dict[str, np.ndarray | None]]
                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The model's inputs for a list of faces (each a dict of RGB crops by cache name)."""
     inputs, present = [], torch.zeros(len(faces), len(model.regions), dtype=torch.bool)
-    for r, (region, size) in enumerate(zip(model.regions, model.image_sizes)):
-        count = len(BRANCH_REGIONS[region])
-        block = np.zeros((len(faces), count, 3, size, size), np.uint8)
+    for r, (name, size) in enumerate(zip(model.regions, model.image_sizes)):
+        region = model.crops[name]
+        block = np.zeros((len(faces), len(BRANCH_REGIONS[region]), 3, size, size), np.uint8)
         for i, crops in enumerate(faces):
             views = views_of(region, crops, size)
             if views is not None:
@@ -88,7 +88,7 @@ def extract(model: FusedModel, cache: Path, rows: list[dict], batch_size: int = 
     blocks stay zero (their presence flags are still read), for a caller that fills them in
     from elsewhere (``out_of_fold``)."""
     features, present = [], []
-    names = crops_read(model.regions)  # a fold branch's pass over the training faces decodes its one crop
+    names = crops_read(model.crops.values())  # a fold branch's pass over the training faces decodes its one crop
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=None):
         faces = [read_crops(cache, row, names) for row in rows[start:start + batch_size]]
         inputs, mask = batch_inputs(model, faces)
@@ -155,7 +155,8 @@ def fold_branches(region: str, paths: list[Path], full_args: dict | None) -> dic
         if count != len(paths) or part in folds:
             raise ValueError(f"--out-of-fold {region}: {len(paths)} checkpoints, but {path} is part {part} "
                              f"of {count}: give one checkpoint per part, each part once")
-        differ = [k for k in sorted(set(args) | set(full_args)) if k not in FOLD_ARGS and args.get(k) != full_args.get(k)]
+        differ = [k for k in sorted(set(args) | set(full_args))
+                  if k not in FOLD_ARGS and args.get(k) != full_args.get(k)]
         if differ:
             raise ValueError(f"{path}: not the {region} branch's network: " + ", ".join(
                 f"{k} is {args.get(k)!r} there, {full_args.get(k)!r} in the branch" for k in differ))
@@ -209,7 +210,8 @@ def out_of_fold(model: FusedModel, cache: Path, train: dict[str, np.ndarray], re
         if not len(index):
             raise ValueError(f"--out-of-fold {region}: no training face falls in part {fold} of {len(folds)} "
                              f"({len(part)} faces): use fewer folds")
-        single = FusedModel({region: branch}, {region: size}, mirror=mirrored).to(device).eval()
+        single = FusedModel({region: branch}, {region: size}, mirror=mirrored,
+                            crops={region: model.crops[region]}).to(device).eval()
         data = extract(single, cache, [rows[str(train["id"][i])] for i in index], device=device,
                        desc=f"{region} without part {fold} of {len(folds)}")
         block[index] = data["features"][:, 0]

@@ -56,7 +56,7 @@ def find_faces(model: FusedModel, image: np.ndarray, settings: Settings | None =
                ) -> list[dict]:
     """The faces of a BGR image with the crops ``model`` reads (``regions.faces_in``): a
     model of box-framed branches alone skips the landmarks and the other crops."""
-    return faces_in(image, settings or crop_settings(model), threads=threads, crops=crops_read(model.regions))
+    return faces_in(image, settings or crop_settings(model), threads=threads, crops=crops_read(model.crops.values()))
 
 
 @torch.inference_mode()

@@ -31,12 +31,29 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from agefuse.bootstrap import RebalancedBootstrapSampler, StopRule, lr_at, round_seed, seed_worker
-from agefuse.branches import (BRANCH_REGIONS, GENDER_WEIGHT, UNKNOWN_GENDER, CheckpointError, age_range_of, augmentation,
-                      branch_loss, read_torch_file)
-from agefuse.regions import manifest
-from agefuse.cli import (HelpFormatter, device_name, existing_file, float_in, int_at_least, json_text, output_folder,
-                         run_command, torch_device)
+from agefuse.branches import (
+    BRANCH_REGIONS,
+    GENDER_WEIGHT,
+    UNKNOWN_GENDER,
+    CheckpointError,
+    age_range_of,
+    augmentation,
+    branch_loss,
+    read_torch_file,
+)
+from agefuse.cli import (
+    HelpFormatter,
+    device_name,
+    existing_file,
+    float_in,
+    int_at_least,
+    json_text,
+    output_folder,
+    run_command,
+    torch_device,
+)
 from agefuse.files import atomic_write
+from agefuse.regions import manifest
 
 from .features import read_crops, views_of
 from .metrics import interval_coverage
@@ -59,7 +76,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="the fused model to start from (agefuse-train-fusion's fused.pt)")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for fused.pt, last.pt, history")
     parser.add_argument("--lr", type=float_in(0, 1, low_open=True), default=1e-5,
-                        help="the branches' peak AdamW learning rate: fresh Adam moments move every weight by about this per step, so far below their own training's (on UTKFace 5e-5 and 3e-5 left the validation MAE 0.1-0.2 worse after 6,000 faces)")
+                        help="the branches' peak AdamW learning rate: fresh Adam moments move every weight by about "
+                             "this per step, so far below their own training's (on UTKFace 5e-5 and 3e-5 left the "
+                             "validation MAE 0.1-0.2 worse after 6,000 faces)")
     parser.add_argument("--head-lr", type=float_in(0, 1, low_open=True), default=3e-5,
                         help="the fusion head's peak learning rate")
     parser.add_argument("--aux-weight", type=float_in(0, 100), default=AUX_WEIGHT,
@@ -69,7 +88,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--branch-dropout", type=float_in(0, 0.9), default=0.15,
                         help="chance a branch is hidden from the head for a training face (as in fusion)")
     parser.add_argument("--aug", default="light",
-                        help="augmentation: light (branches/augment/light.json: flips and small affine moves, since the head learns here too), default, none or a .json")
+                        help="augmentation: light (branches/augment/light.json: flips and small affine moves, since "
+                             "the head learns here too), default, none or a .json")
     parser.add_argument("--alpha", type=float_in(0, 1), default=RebalancedBootstrapSampler.ALPHA,
                         help="rebalancing of the age groups: 0 plain bootstrap, 1 every group equally likely")
     parser.add_argument("--round-size", type=int_at_least(1), default=6000, help="faces drawn per round")
@@ -192,8 +212,10 @@ def main(args: argparse.Namespace) -> int:
     mirrored = model.mirrored  # mirroring averages at inference; in training a flip is augmentation
 
     # data
-    train_set = FaceDataset(cache, "train", model.regions, model.image_sizes, args.aug, args.seed)
-    val_set = FaceDataset(cache, "val", model.regions, model.image_sizes, None)
+    # the datasets cut each branch's views by its region (its crops), in the head's order
+    regions = [model.crops[name] for name in model.regions]
+    train_set = FaceDataset(cache, "train", regions, model.image_sizes, args.aug, args.seed)
+    val_set = FaceDataset(cache, "val", regions, model.image_sizes, None)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed, args.round_size)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         worker_init_fn=seed_worker, drop_last=True)

@@ -19,10 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agefuse.branches import (AGE, BRANCH_REGIONS, EMBEDDING, GENDER_LOGIT, MAX_AGE, MIRROR_INVARIANT, FoldAverage,
-                              current_model_args, fold_norms, load_branch, model_from_args, read_torch_file)
+from agefuse.branches import (
+    AGE,
+    BRANCH_REGIONS,
+    EMBEDDING,
+    GENDER_LOGIT,
+    MAX_AGE,
+    MIRROR_INVARIANT,
+    RENAMED_REGIONS,
+    FoldAverage,
+    current_model_args,
+    fold_norms,
+    load_branch,
+    model_from_args,
+    read_torch_file,
+)
 from agefuse.files import atomic_write
-from agefuse.regions import Settings as CropSettings, manifest
+from agefuse.regions import Settings as CropSettings
+from agefuse.regions import manifest
 
 
 class BranchBlock:
@@ -120,9 +134,15 @@ class FusedModel(nn.Module):
 
     def __init__(self, branches: dict[str, nn.Module], image_sizes: dict[str, int], max_age: int = MAX_AGE,
                  interval: float = INTERVAL, crop_settings: CropSettings | None = None, mirror: bool = MIRROR,
-                 separate_gender: bool = False, heads: int = 1):
+                 separate_gender: bool = False, heads: int = 1, crops: dict[str, str] | None = None):
         super().__init__()
+        # branches by name, in the head's input order; ``crops``: each one's region (the crops
+        # it reads, BRANCH_REGIONS), by default its name (a branch named after its region)
         self.regions = list(branches)
+        self.crops = {name: (crops or {}).get(name, name) for name in self.regions}
+        unknown = sorted(crop for crop in self.crops.values() if crop not in BRANCH_REGIONS)
+        if unknown:
+            raise ValueError(f"unknown region {unknown[0]!r}; choose from {', '.join(sorted(BRANCH_REGIONS))}")
         self.branches = nn.ModuleList(branches[r] for r in self.regions)
         self.image_sizes = [image_sizes[r] for r in self.regions]
         widths = {r: b.embedding_dim for r, b in branches.items()}
@@ -141,7 +161,7 @@ class FusedModel(nn.Module):
         # crop's two mirror images steadies the estimate. The eyes branch already sees a left
         # eye and a mirrored right eye, which are its two views.
         self.mirror = mirror
-        self.mirrored = {r for r in self.regions if mirror and r in MIRROR_INVARIANT}
+        self.mirrored = {r for r in self.regions if mirror and self.crops[r] in MIRROR_INVARIANT}
 
     def features(self, views: list[torch.Tensor], pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
         """``views[i]``: (N, V, 3, H, W) uint8 crops of branch i -> (N, R, F): embedding,
@@ -202,7 +222,7 @@ class FusedModel(nn.Module):
         return packed.view(*shape, -1).mean(1)
 
     @torch.no_grad()
-    def trace_branches(self) -> "FusedModel":
+    def trace_branches(self) -> FusedModel:
         """For a process that estimates many faces (predict, watch): each branch traced and
         frozen by TorchScript, so no Python runs between its ops: at batch 1 on a CPU the
         branches are faster, most of all two side by side, which no longer take turns at the
@@ -222,7 +242,7 @@ class FusedModel(nn.Module):
                     parts = [torch.jit.freeze(torch.jit.trace(part.eval(), example, strict=False))
                              for part in self.parts(branch)]
             except (AttributeError, RuntimeError) as err:
-                warnings.warn(f"the branches run untraced (TorchScript failed: {err})")
+                warnings.warn(f"the branches run untraced (TorchScript failed: {err})", stacklevel=2)
                 return self
             traced.append((branch, parts))
         for branch, parts in traced:
@@ -256,16 +276,22 @@ class FusedModel(nn.Module):
 
 
 def load_branches(paths: dict[str, str | Path]) -> tuple[dict[str, nn.Module], dict[str, dict]]:
-    """Frozen branches from their checkpoints, keyed by region."""
+    """Frozen branches from their checkpoints, keyed by name (each checkpoint's
+    ``model_args["region"]`` says what it reads)."""
     branches, args = {}, {}
-    for region, path in paths.items():
-        if region not in BRANCH_REGIONS:
-            raise ValueError(f"unknown region {region!r}; choose from {', '.join(sorted(BRANCH_REGIONS))}")
+    for name, path in paths.items():
         model, model_args = load_branch(path)
-        if model_args["region"] != region:
-            raise ValueError(f"{path} is a {model_args['region']} branch, given for {region}")
-        branches[region], args[region] = model.requires_grad_(False), model_args
+        branches[name], args[name] = model.requires_grad_(False), model_args
     return branches, args
+
+
+def renamed(name: str, args: dict) -> str:
+    """A branch's name in a fused model: an older agefuse's name for a crop's further network
+    (``original_alt``: RENAMED_REGIONS) becomes its crop and network (``original_gender_cnn``),
+    as recipes name them now; any other name stays."""
+    if name not in RENAMED_REGIONS:
+        return name
+    return f"{RENAMED_REGIONS[name]}_{str(args.get('model', 'branch')).removeprefix('dlib_')}"
 
 
 def save_fused(model: FusedModel, branch_args: dict, path: Path, extra: dict) -> None:
@@ -291,7 +317,8 @@ def check_shapes(model: FusedModel, weights: dict, path) -> None:
         if key in expected and tuple(expected[key].shape) != tuple(value.shape):
             part = key.split(".")
             where = f"the {model.regions[int(part[1])]} branch" if part[0] == "branches" else "the fusion head"
-            raise ValueError(f"{path}: {where} does not fit its settings ({'.'.join(part[2:] if part[0] == 'branches' else part)}"
+            raise ValueError(f"{path}: {where} does not fit its settings "
+                             f"({'.'.join(part[2:] if part[0] == 'branches' else part)}"
                              f" is {tuple(value.shape)} in the file, {tuple(expected[key].shape)} expected): was a "
                              f"branch's head changed after the fusion head was trained?")
 
@@ -333,8 +360,9 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
     if not isinstance(state, dict) or "branch_args" not in state:
         raise ValueError(f"{path}: not an agefuse fused model")
     if isinstance(state["branch_args"], dict):  # in today's terms; a removed setting is refused by name
-        state["branch_args"] = {region: current_model_args(a, f"{path} ({region} branch)") if isinstance(a, dict) else a
-                                for region, a in state["branch_args"].items()}
+        state["branch_args"] = {renamed(name, a) if isinstance(a, dict) else name:
+                                current_model_args(a, f"{path} ({name} branch)") if isinstance(a, dict) else a
+                                for name, a in state["branch_args"].items()}
     try:  # the file's fields, as written by save_fused; anything else is named, not a traceback
         branches = {region: model_from_args(a) for region, a in state["branch_args"].items()}
         # a model saved before crop settings were recorded was served with the defaults
@@ -344,7 +372,8 @@ def load_fused(path: str | Path | None = None, device: str | torch.device = "cpu
                            mirror=state.get("mirror", False) is True,
                            separate_gender=any(k.startswith(("head.gender_body.", "head.members.0.gender_body."))
                                                for k in state["model"]),
-                           heads=head_count(state["model"]))
+                           heads=head_count(state["model"]),
+                           crops={name: a.get("region", name) for name, a in state["branch_args"].items()})
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: not an agefuse fused model (its fields do not fit: {err!r:.120})") from None
     check_shapes(model, state["model"], path)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agefuse.branches import RENAMED_REGIONS
 from agefuse.regions import Settings
 
 from .exported import example_inputs, meta
@@ -66,6 +67,8 @@ class OnnxModel:
             reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise ValueError(f"{path}: not an agefuse ONNX model ({reason})") from None
         self.regions, self.image_sizes, self.interval = info["regions"], info["image_sizes"], info["interval"]
+        # each branch's region (an older export named branches after their regions)
+        self.crops = info.get("branch_regions") or {name: RENAMED_REGIONS.get(name, name) for name in self.regions}
         self.columns = info["outputs"]
         self.crop_settings = Settings.from_json(info["crops"])
         self.names = [i.name for i in self.session.get_inputs()]

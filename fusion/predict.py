@@ -29,7 +29,6 @@ from .groups import DEFAULT_GROUPS, parse_groups
 from .inference import branch_pool, crop_settings, draw_labelled_box, predict_faces
 from .model import load_fused
 
-
 TRACE_FROM = 300  # photos: where ~1.4 s of tracing is won back at a few ms a face
 PROGRESS_FROM = 5  # photos: a progress bar from here on (on a terminal)
 
@@ -43,7 +42,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, type=existing_file,
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed "
                              "with agefuse; see the README for its figures and licence)")
-    parser.add_argument("--out", default="predictions", type=output_folder, help="folder for the JSON and annotated copies")
+    parser.add_argument("--out", default="predictions", type=output_folder,
+                        help="folder for the JSON and annotated copies")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="face detector (default: the one the model's training cache used)")
     parser.add_argument("--upsample", type=int_at_least(0), default=None,
@@ -66,7 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "ONNX Runtime")
     parser.add_argument("--trace", choices=["auto", "yes", "no"], default="auto",
                         help="trace the branches with TorchScript first: about 1.4 s once, then a few ms "
-                             "less per face; auto: for %d photos or more" % TRACE_FROM)
+                             f"less per face; auto: for {TRACE_FROM} photos or more")
     return parser
 
 
@@ -163,9 +163,9 @@ def main(args: argparse.Namespace) -> int:
             if not args.quiet:
                 bar.write(json_text(record, indent=None))
     if faceless:
-        print(f"{faceless} of {len(photos)} photos with no face found"
-              f"{'' if args.whole_image_fallback else ' (small faces: --upsample 1; a photo that is one face: --whole-image-fallback)'}",
-              file=sys.stderr)
+        hint = ("" if args.whole_image_fallback
+                else " (small faces: --upsample 1; a photo that is one face: --whole-image-fallback)")
+        print(f"{faceless} of {len(photos)} photos with no face found{hint}", file=sys.stderr)
     if failures:
         unread = failures - len(unmatched)
         parts = [f"{unread} of {len(photos)} photos could not be read"] if unread else []

@@ -45,8 +45,8 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
 
     from agefuse.regions import TooLarge, decode
 
-    from .model import load_fused
     from .inference import branch_pool, crop_settings, predict_faces
+    from .model import load_fused
 
     model, _ = load_fused(model_path)
     model.trace_branches()

@@ -25,9 +25,17 @@ import torch
 
 from agefuse.bootstrap import group_weights
 from agefuse.branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
+from agefuse.cli import (
+    HelpFormatter,
+    device_name,
+    float_in,
+    int_at_least,
+    json_text,
+    output_folder,
+    run_command,
+    torch_device,
+)
 from agefuse.regions import manifest, read_settings
-from agefuse.cli import (HelpFormatter, device_name, float_in, int_at_least, json_text, output_folder, run_command,
-                         torch_device)
 
 from .features import averaged_branch, fold_branches, out_of_fold, split_features
 from .metrics import interval_coverage
@@ -39,8 +47,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      add_help=add_help, formatter_class=HelpFormatter)
     parser.add_argument("--cache", required=True, help="the regions cache the branches trained on")
     parser.add_argument("--branches", default="face,eyes,mouth,original",
-                        help="regions to fuse, each REGION (read RUNS/REGION/best.pt) or REGION=checkpoint")
-    parser.add_argument("--runs", default="runs", help="folder holding one run folder per region")
+                        help="branches to fuse, each NAME (read RUNS/NAME/best.pt) or NAME=checkpoint; a "
+                             "branch's region comes from its checkpoint")
+    parser.add_argument("--runs", default="runs", help="folder holding one run folder per branch")
     parser.add_argument("--out", required=True, type=output_folder, help="folder for fused.pt and the cached features")
     parser.add_argument("--out-of-fold", action="append", default=[], metavar="REGION=CKPT,CKPT,...",
                         help="the head learns REGION's outputs on the training faces from these fold branches "
@@ -91,7 +100,7 @@ def branch_paths(spec: str, runs: str, unread: set[str] = frozenset()) -> dict[s
         paths[region] = Path(path) if path else Path(runs) / region / "best.pt"
         if not paths[region].is_file():
             raise FileNotFoundError(f"{paths[region]}: no trained {region} branch (train it with "
-                                    f"agefuse-train-branch --region {region}, or name its checkpoint "
+                                    f"agefuse-train-branch --out {Path(runs) / region}, or name its checkpoint "
                                     f"as {region}=PATH)")
     if not paths:
         raise ValueError("--branches names no region")
@@ -107,9 +116,11 @@ def fold_paths(specs: list[str], regions: list[str]) -> dict[str, list[Path]]:
             raise ValueError(f"--out-of-fold names {region} twice: give its checkpoints in one REGION=CKPT,CKPT,...")
         folds[region] = [Path(p) for p in paths.split(",") if p]
         if region not in regions:
-            raise ValueError(f"--out-of-fold {spec}: {region!r} is not one of the fused branches ({', '.join(regions)})")
+            raise ValueError(f"--out-of-fold {spec}: {region!r} is not one of the fused branches "
+                             f"({', '.join(regions)})")
         if len(folds[region]) < 2:
-            raise ValueError(f"--out-of-fold {spec}: needs REGION=CKPT,CKPT,... with one checkpoint per part (2 or more)")
+            raise ValueError(f"--out-of-fold {spec}: needs REGION=CKPT,CKPT,... with one checkpoint per part "
+                             "(2 or more)")
         for path in folds[region]:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no fold branch for --out-of-fold {region}")
@@ -244,7 +255,8 @@ def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Names
         improved = best.update(epoch, val_loss.item(), terms)
         if log:
             log(f"epoch {epoch:3d}  train loss {loss.item():.4f} | val loss {val_loss.item():.4f} mae {val_mae:.2f}"
-                f"{'  *best' if improved else ''}{' (' + ', '.join(improved) + ')' if args.separate_gender and improved else ''}")
+                f"{'  *best' if improved else ''}"
+                f"{' (' + ', '.join(improved) + ')' if args.separate_gender and improved else ''}")
     best.restore()
     return best
 
@@ -262,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--cross-fit averages the fold branches of --out-of-fold: name them there")
     paths = branch_paths(args.branches, args.runs, set(folds) if args.cross_fit else set())
     branches, branch_args = load_branches({r: p for r, p in paths.items() if p is not None})
-    fold_models = {r: fold_branches(r, ps, branch_args.get(r)) for r, ps in folds.items()}  # checked before the long work
+    # checked before the long work
+    fold_models = {r: fold_branches(r, ps, branch_args.get(r)) for r, ps in folds.items()}
     for region in (folds if args.cross_fit else []):
         branches[region], branch_args[region] = averaged_branch(fold_models[region], load_branch(folds[region][0])[1])
         paths[region] = folds[region]  # the features' fingerprint: the fold checkpoints'
@@ -271,7 +284,8 @@ def main(args: argparse.Namespace) -> int:
     settings = read_settings(cache)
     model = FusedModel(branches, {r: a["image_size"] for r, a in branch_args.items()},
                        interval=args.interval, crop_settings=settings, mirror=args.mirror,
-                       separate_gender=args.separate_gender, heads=args.heads).to(device)
+                       separate_gender=args.separate_gender, heads=args.heads,
+                       crops={r: a["region"] for r, a in branch_args.items()}).to(device)
     model.eval()
     val = split_features(model, cache, "val", paths, out, device)
     # the interval's temperature is fitted on half the validation split (faces neither the

@@ -46,5 +46,6 @@ def build_cache(argv: list[str]) -> int:
     return main(regions_parser().parse_args(argv))
 
 
-__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "decode", "face_crops", "face_locations", "faces_in",
-           "manifest", "near_duplicates", "parse_size", "read_image_file", "read_settings", "regions_parser"]
+__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "decode",
+           "face_crops", "face_locations", "faces_in", "manifest", "near_duplicates", "parse_size", "read_image_file",
+           "read_settings", "regions_parser"]

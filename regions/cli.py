@@ -21,9 +21,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import crop, labels, manifest
+from agefuse.cli import (
+    HelpFormatter,
+    checked,
+    existing_file,
+    float_in,
+    int_at_least,
+    json_text,
+    output_folder,
+    run_command,
+)
 from agefuse.files import atomic_write
-from agefuse.cli import HelpFormatter, checked, existing_file, float_in, int_at_least, json_text, output_folder, run_command
+
+from . import crop, labels, manifest
 from .landmarks import DETECTORS
 from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
 
@@ -56,7 +66,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--ext", choices=sorted(ENCODINGS), default=Settings.ext, help="crop file format")
     parser.add_argument("--age-groups", default=manifest.DEFAULT_AGE_GROUPS,
                         help="contiguous age groups, the cache's top-level folders")
-    parser.add_argument("--split", type=checked(manifest.parse_split), default="/".join(f"{100 * share:g}" for share in Settings.split),
+    parser.add_argument("--split", type=checked(manifest.parse_split),
+                        default="/".join(f"{100 * share:g}" for share in Settings.split),
                         help="train/val/test proportions, stratified by age group")
     parser.add_argument("--seed", type=int, default=Settings.seed, help="seed of the split")
     parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes (1 = no pool)")
@@ -221,7 +232,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     manifest.write_rows(path, rows)
     summary = summarize(rows, problems, processed, elapsed)
-    with atomic_write(cache / f"summary{'' if args.shard[1] == 1 else '.shard-%d-of-%d' % args.shard}.json") as tmp:
+    shard = "" if args.shard[1] == 1 else f".shard-{args.shard[0]}-of-{args.shard[1]}"
+    with atomic_write(cache / f"summary{shard}.json") as tmp:
         tmp.write_bytes(json_text(summary, indent=2).encode())
     print_summary(summary, path)
     # an image that could not be read at all (not one without a face) is an input failure
@@ -281,7 +293,7 @@ def merge_main(argv: list[str] | None = None) -> int:
     try:
         path = manifest.merge_shards(args.cache)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     print(f"{path}: {len(manifest.read_rows(path))} rows")
     return 0
 

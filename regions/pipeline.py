@@ -43,7 +43,7 @@ class Settings:
                 "split": list(self.split)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Settings":
+    def from_json(cls, data: dict) -> Settings:
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
         return cls(**{**known, "sizes": {**crop.DEFAULT_SIZES, **{k: tuple(v) for k, v in data["sizes"].items()}},
                       "split": tuple(data["split"])})

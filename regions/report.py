@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agefuse.cli import HelpFormatter, int_at_least, json_text, output_folder, run_command
+
 from . import manifest
 from .labels import GENDERS, RACES
-from agefuse.cli import HelpFormatter, int_at_least, json_text, output_folder, run_command
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

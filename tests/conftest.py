@@ -60,10 +60,11 @@ def sample_fused(sample_cache, tmp_path_factory) -> Path:
     fusion head over them: the fused.pt a user gets from the main job, in miniature."""
     root = tmp_path_factory.mktemp("fused")
     for region in ("face", "eyes", "mouth", "original"):
-        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", region,
-                        "--out", str(root / "runs" / region), "--image-size", "40", "--batch-size", "32",
-                        "--max-rounds", "6", "--lr", "3e-3", "--workers", "0"],
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache),
+                        "--region", region, "--out", str(root / "runs" / region), "--image-size", "40",
+                        "--batch-size", "32", "--max-rounds", "6", "--lr", "3e-3", "--workers", "0"],
                        cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--runs", str(root / "runs"),
-                    "--out", str(root / "fused")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache),
+                    "--runs", str(root / "runs"), "--out", str(root / "fused")],
+                   cwd=ROOT, check=True, capture_output=True)
     return root / "fused" / "fused.pt"

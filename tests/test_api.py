@@ -5,17 +5,17 @@ from pathlib import Path
 
 import cv2
 import pytest
+from conftest import SAMPLE
 
 import agefuse
 from agefuse.fusion import DEFAULT_MODEL, load_fused
-from conftest import SAMPLE
 
 PHOTO = SAMPLE / "35_0_3_20170119201338805.jpg.chip.jpg"
 
 
 def test_import_agefuse_in_a_fresh_process_estimates_a_photo(tmp_path):
-    code = ("import agefuse, json; faces = agefuse.estimate(%r); "
-            "print(json.dumps(faces))" % str(PHOTO))
+    code = (f"import agefuse, json; faces = agefuse.estimate({str(PHOTO)!r}); "
+            "print(json.dumps(faces))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     faces = __import__("json").loads(result.stdout)
@@ -52,6 +52,7 @@ def test_predict_takes_a_nested_folder_and_a_glob_and_writes_one_csv(tmp_path):
     """Sub-folders are searched, a text file is not an image, a corrupt JPEG is one line."""
     import csv
     import shutil
+
     from agefuse.fusion import predict
     folder = tmp_path / "photos"
     (folder / "a" / "b").mkdir(parents=True)

@@ -3,9 +3,9 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, manifest_rows, run_regions
 
 from agefuse.fusion import audit
-from conftest import SAMPLE, manifest_rows, run_regions
 
 
 @pytest.fixture(scope="module")

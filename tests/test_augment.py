@@ -2,9 +2,9 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import SAMPLE
 
 from agefuse.branches import augment
-from conftest import SAMPLE
 
 IMAGE = cv2.cvtColor(cv2.resize(cv2.imread(str(sorted(SAMPLE.glob("*.jpg"))[40])), (96, 96)),
                      cv2.COLOR_BGR2RGB)
@@ -62,10 +62,10 @@ def test_unknown_transform_and_missing_region_are_clear_errors(tmp_path):
         augment.build_pipeline("face", "nonexistent")
 
 
-def test_a_further_network_on_a_crop_is_augmented_as_the_first():
-    from agefuse.branches import BRANCH_REGIONS
-    for alt, first in (("face_alt", "face"), ("original_alt", "original"), ("original_alt2", "original"),
-                       ("face_chip_alt", "face_chip")):
-        assert BRANCH_REGIONS[alt] == BRANCH_REGIONS[first]
-        assert augment.describe(augment.build_pipeline(alt)) == augment.describe(augment.build_pipeline(first))
-    assert augment.describe(augment.build_pipeline("face_alt", "light")) != augment.describe(augment.build_pipeline("face_alt"))
+def test_an_older_region_name_is_read_as_the_crop_it_was():
+    from agefuse.branches import BRANCH_REGIONS, current_model_args
+    for old, crop in (("face_alt", "face"), ("original_alt", "original"), ("original_alt2", "original"),
+                      ("face_chip_alt", "face_chip")):
+        assert old not in BRANCH_REGIONS
+        assert current_model_args({"region": old, "model": "small_cnn"})["region"] == crop
+    assert augment.describe(augment.build_pipeline("face", "light")) != augment.describe(augment.build_pipeline("face"))

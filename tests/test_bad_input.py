@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE, link_images, manifest_rows, run_regions, sample_files
 
 BIN = Path(sys.executable).parent
@@ -61,7 +60,7 @@ def hostile_models(tmp_path) -> dict[str, Path]:
 def test_a_decompression_bomb_among_good_images_is_skipped_and_named_and_the_rerun_finishes(tmp_path):
     folder = link_images(tmp_path / "images", sample_files(3))
     bomb_png(folder / "30_0_0_20170101000000000.jpg.chip.jpg")  # a PNG under a UTKFace name
-    for run in range(2):  # the rerun does not stumble on it again: the rejection is cached
+    for _ in range(2):  # the rerun does not stumble on it again: the rejection is cached
         result = run_regions(folder, "--cache", tmp_path / "cache", "--workers", 2, check=False)
         no_traceback(result)
         assert result.returncode == 1 and "1 image(s) could not be read" in result.stderr
@@ -128,7 +127,8 @@ def test_two_photos_with_one_name_get_two_outputs(tmp_path):
     result = command("agefuse-predict", tmp_path / "d1" / "photo.jpg", tmp_path / "d2" / "photo.jpg",
                      "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    first, second = (json.loads((tmp_path / "out" / name).read_text()) for name in ("photo.jpg.json", "photo-2.jpg.json"))
+    first, second = (json.loads((tmp_path / "out" / name).read_text())
+                     for name in ("photo.jpg.json", "photo-2.jpg.json"))
     assert first["photo"].endswith("d1/photo.jpg") and second["photo"].endswith("d2/photo.jpg")
     assert (tmp_path / "out" / "photo-2.jpg.annotated.jpg").is_file()
 
@@ -141,8 +141,8 @@ def test_two_photos_with_one_name_get_two_outputs(tmp_path):
     ("agefuse-evaluate", ["--model", "{model}", "--images", SAMPLE, "--out", "{tmp}/e"]),
     ("agefuse-export", ["--model", "{model}", "--out", "{tmp}/x.pt2"]),
     ("agefuse-watch", ["--source", "{tmp}/v.avi", "--model", "{model}", "--out", "{tmp}/w"]),
-    ("agefuse-train-branch", ["--cache", "{cache}", "--region", "face", "--out", "{tmp}/b", "--model", "dlib_gender_cnn",
-                              "--weights", "{model}", "--max-rounds", "1"]),
+    ("agefuse-train-branch", ["--cache", "{cache}", "--region", "face", "--out", "{tmp}/b",
+                              "--model", "dlib_gender_cnn", "--weights", "{model}", "--max-rounds", "1"]),
 ])
 def test_a_model_that_is_not_one_is_one_line_and_runs_nothing(name, args, kind, hostile_models, hog_cache, tmp_path):
     writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
@@ -164,6 +164,7 @@ def test_a_model_file_of_another_kind_is_named_for_what_it_is(tmp_path):
     import zipfile
 
     import torch
+
     from agefuse.branches.checkpoint import CheckpointError, read_torch_file
     (tmp_path / "notes.pt").write_text("not a model\n")
     with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
@@ -185,7 +186,8 @@ def test_predict_given_an_exported_model_says_how_to_run_it_and_counts_an_empty_
     shutil.copy(GOOD, tmp_path / "model.onnx")  # any bytes: the name is what predict reads first
     result = command("agefuse-predict", GOOD, "--model", tmp_path / "model.onnx", "--out", tmp_path / "out")
     no_traceback(result)
-    assert result.returncode == 1 and f"{tmp_path / 'model.onnx'}: an ONNX file: run it with --engine onnx" in result.stderr
+    assert result.returncode == 1 and (f"{tmp_path / 'model.onnx'}: an ONNX file: run it with --engine onnx"
+                                       in result.stderr)
     result = command("agefuse-predict", GOOD, tmp_path / "none_*.jpg", "--out", tmp_path / "out", "--no-annotate")
     no_traceback(result)
     assert result.returncode == 1 and f"{tmp_path / 'none_*.jpg'}: no image files here" in result.stderr
@@ -198,6 +200,7 @@ def test_predict_given_an_exported_model_says_how_to_run_it_and_counts_an_empty_
                                    {"branch_args": {}, "interval": "wide"}])
 def test_a_tensor_file_with_the_wrong_fields_is_named_not_a_traceback(state, tmp_path):
     import torch
+
     from agefuse.fusion import load_fused
     torch.save(state, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match=r"odd.pt: not an agefuse fused model \(its fields do not fit"):

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, manifest_rows
 
 from agefuse.branches import backbones, train
 from agefuse.branches.checkpoint import CheckpointError, load_branch, load_checkpoint
 from agefuse.branches.model import branch_loss, create_model
-from conftest import ROOT, manifest_rows
 
 FAST = ["--model", "small_cnn", "--image-size", "32", "--batch-size", "32", "--workers", "0",
         "--threads", "2"]
@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(sample_cache, tmp_pat
     assert train.main(train_args(sample_cache, out, "--max-rounds", 1)) == 0
     # weights blown up to the edge of float32 (what a diverging run leaves): the next loss is NaN
     before = torch.load(out / "last.pt", weights_only=True)
-    for name, weight in before["model"].items():
+    for _name, weight in before["model"].items():
         if weight.is_floating_point() and weight.dim() == 4:
             weight.fill_(3e38)
     torch.save(before, out / "last.pt")
@@ -226,7 +226,8 @@ def shipped_network(name: str, weights, outputs: int, size: int):
     layer = torch.nn.Linear(trunk.features, outputs)
     layer.load_state_dict({"weight": shipped["fc.weight"].float(), "bias": shipped["fc.bias"].float()})
     files = sorted(SAMPLE.glob("*.jpg"))
-    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA)
+    chips = torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size),
+                                                  interpolation=cv2.INTER_AREA)
                                        for f in files])).permute(0, 3, 1, 2).float()
     mean, std = torch.tensor(trunk.mean).view(1, 3, 1, 1) * 255, torch.tensor(trunk.std).view(1, 3, 1, 1) * 255
     return trunk, layer, (chips - mean) / std, files
@@ -297,7 +298,8 @@ def test_folding_skips_batch_statistics_and_handles_norms_without_affine():
     torch.manual_seed(1)
     plain_norm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, affine=False))
     batch_stats = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
-    plain_norm[1].running_mean.normal_(); plain_norm[1].running_var.uniform_(0.5, 2)
+    plain_norm[1].running_mean.normal_()
+    plain_norm[1].running_var.uniform_(0.5, 2)
     x = torch.randn(2, 3, 8, 8)
     for model in (plain_norm.eval(), batch_stats.eval()):
         with torch.no_grad():

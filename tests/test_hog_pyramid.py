@@ -2,8 +2,8 @@
 import cv2
 import numpy as np
 import pytest
-
 from conftest import sample_files
+
 from agefuse.regions import landmarks
 from agefuse.regions.hog_pyramid import box_of, split_detector
 

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, SAMPLE, manifest_rows, run_regions
 
 from agefuse.branches import branch_loss
 from agefuse.branches.data import RegionDataset
 from agefuse.branches.model import soft_targets
 from agefuse.fusion.groups import group_index, group_probabilities, parse_groups
 from agefuse.regions import labels
-from conftest import ROOT, SAMPLE, manifest_rows, run_regions
 
 ADIENCE_RANGES = [(0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53), (60, 100)]
 
@@ -54,9 +54,10 @@ def test_a_csv_mixing_exact_ages_and_ranges_trains_a_branch(tmp_path):
     data = RegionDataset(tmp_path / "cache", "face", "train", 32)
     spans = data.targets[:, 4] - data.targets[:, 3]
     assert (spans > 0).any() and (spans == 0).any(), "both kinds reach training"
-    run = subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(tmp_path / "cache"), "--region", "face",
-                          "--out", str(tmp_path / "run"), "--image-size", "32", "--max-rounds", "2", "--workers", "0",
-                          "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(tmp_path / "cache"),
+                          "--region", "face", "--out", str(tmp_path / "run"), "--image-size", "32",
+                          "--max-rounds", "2", "--workers", "0", "--batch-size", "16"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "run" / "best.pt").is_file()
 
@@ -64,7 +65,8 @@ def test_a_csv_mixing_exact_ages_and_ranges_trains_a_branch(tmp_path):
 def test_an_adience_fold_file_is_read_with_its_ranges_genders_and_bad_rows(tmp_path):
     """Sample faces laid out as Adience's aligned/ folder, a fold file over them."""
     files = sorted(SAMPLE.glob("*.jpg"))[:12]
-    lines = ["user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\tfiducial_yaw_angle\tfiducial_score"]
+    lines = ["user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\t"
+             "fiducial_yaw_angle\tfiducial_score"]
     for i, path in enumerate(files):
         user, original, face_id = f"user{i % 3}", f"{1000 + i}_abc_o.jpg", 100 + i
         (tmp_path / "aligned" / user).mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,7 @@ def test_group_probabilities_sum_to_one_and_are_the_distribution_s_mass():
 def test_a_folder_without_labels_makes_a_label_free_cache(tmp_path):
     for i, path in enumerate(sorted(SAMPLE.glob("*.jpg"))[50:54]):
         shutil.copy(path, tmp_path / f"holiday_{i}.jpg")
-    for run in range(2):  # the cache lies inside the photo folder: its crops never become photos
+    for _ in range(2):  # the cache lies inside the photo folder: its crops never become photos
         result = run_regions(tmp_path, "--cache", tmp_path / "cache", "--workers", 1)
         assert result.returncode == 0 and "a label-free cache" in result.stderr, result.stderr
     rows = manifest_rows(tmp_path / "cache")

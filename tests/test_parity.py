@@ -6,19 +6,19 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import tomllib
 import torch
+from conftest import ROOT, manifest_rows, run_regions, sample_files
 
 from agefuse import recipe as recipes
 from agefuse.branches import create_model, load_branch
 from agefuse.fusion import FusedModel, evaluate, load_fused, predict
 from agefuse.regions import faces_in, read_settings
-from conftest import ROOT, manifest_rows, run_regions, sample_files
 
 # (scale of the 200-px chip, left, top) in a 640x480 photo: middle, corners, small, large
 PLACEMENTS = [(1.0, 220, 140), (0.8, 10, 12), (1.3, 370, 200), (1.6, 300, 20), (0.9, 60, 290), (1.2, 40, 150)]
@@ -114,8 +114,8 @@ def test_a_recipe_and_a_seed_give_identical_weights(sample_cache, tmp_path):
     recipe = recipes.load(path)
     weights = []
     for run in ("a", "b"):
-        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache), "--region", "face",
-                        "--out", str(tmp_path / run), "--seed", str(recipe.seed),
+        subprocess.run([sys.executable, "-m", "agefuse.branches.train", "--cache", str(sample_cache),
+                        "--region", "face", "--out", str(tmp_path / run), "--seed", str(recipe.seed),
                         *recipes.stage_argv("branch", recipe.branches["face"])],
                        cwd=ROOT, check=True, capture_output=True)
         weights.append(load_branch(tmp_path / run / "best.pt")[0].state_dict())
@@ -137,7 +137,8 @@ def test_a_recipe_with_an_unknown_key_or_a_bad_value_names_the_file_and_key(tmp_
                           # the joint table is checked against agefuse-train-joint's parser
                           ('[branches.face]\n[joint]\nhead-lr = 0\n', r"bad.toml \[joint\].*head-lr"),
                           ('[branches.face]\n[joint]\nepochs = 3\n', r"bad.toml \[joint\]: 'epochs' is not an option"),
-                          ('[branches.face]\n[out-of-fold]\nfolds = 1\nregions = ["face"]\n', "folds must be a whole number of 2"),
+                          ('[branches.face]\n[out-of-fold]\nfolds = 1\nregions = ["face"]\n',
+                           "folds must be a whole number of 2"),
                           ('[branches.face]\n[out-of-fold]\nfolds = 2\nregions = ["eyes"]\n', "regions must list some"),
                           ('[branches.face]\n[out-of-fold]\nfolds = 2\n', "holds folds .* and regions")):
         bad.write_text(text)
@@ -164,8 +165,9 @@ def test_a_fold_branch_keeps_its_branchs_options_and_draws_each_face_as_often():
     assert recipes.fold_options(options, 2, 2) == {"model": "small_cnn", "round-size": 6000, "max-rounds": 11,
                                                    "fold": "2/2"}
     assert recipes.fold_options(options, 1, 3)["max-rounds"] == 15  # 22 * 2/3, rounded up
-    parsed = recipes._parsers()["branch"].parse_args(["--cache", "c", "--out", "o", "--region", "face",
-                                                      *recipes.stage_argv("branch", recipes.fold_options(options, 1, 3))])
+    parsed = recipes._parsers()["branch"].parse_args(
+        ["--cache", "c", "--out", "o", "--region", "face",
+         *recipes.stage_argv("branch", recipes.fold_options(options, 1, 3))])
     assert parsed.fold == (1, 3) and parsed.max_rounds == 15
 
 

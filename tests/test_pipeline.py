@@ -8,9 +8,9 @@ import time
 
 import cv2
 import pytest
+from conftest import ROOT, link_images, manifest_rows, run_regions, sample_files
 
 from agefuse.regions import manifest
-from conftest import ROOT, link_images, manifest_rows, run_regions, sample_files
 
 
 @pytest.mark.parametrize("detector", ["hog", "cnn"])

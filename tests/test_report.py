@@ -3,6 +3,7 @@ import os
 import shutil
 
 from conftest import link_images, run_regions, sample_files
+
 from agefuse.regions import report
 
 

@@ -4,7 +4,6 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-
 from conftest import SAMPLE
 
 fastapi = pytest.importorskip("fastapi")

@@ -6,6 +6,8 @@ import sys
 
 from conftest import ROOT, link_images, sample_files
 
+from agefuse.fusion import load_fused
+
 TINY = """name = "tiny"
 seed = 5
 device = "cpu"
@@ -19,10 +21,11 @@ workers = 0
 max-rounds = 2
 round-size = 64
 [branches.face]
-[branches.mouth]
+[branches.mouth_small_cnn]
+crop = "mouth"
 [out-of-fold]
 folds = 2
-regions = ["mouth"]
+regions = ["mouth_small_cnn"]
 [fusion]
 cross-fit = true
 """
@@ -45,12 +48,16 @@ def test_a_recipe_runs_every_stage_then_resumes_with_nothing_to_redo(tmp_path):
     shown = [line.split(": ", 1)[1].split()[0] for line in lines if line.startswith("[") and ": agefuse-" in line]
     assert shown == ["agefuse-regions", "agefuse-train-branch", "agefuse-train-branch", "agefuse-train-branch",
                      "agefuse-train-fusion", "agefuse-evaluate"]
-    assert any("--fold 2/2" in line for line in lines)
+    assert any("--fold 2/2" in line and "--crop mouth" in line for line in lines)
     assert sum("done in" in line for line in lines) == 6
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
     assert summary["seed"] == 5 and summary["model"].endswith("fused/fused.pt")
     assert 0 < summary["fused"]["mae"] < 60
     assert (tmp_path / "run" / "eval" / "evaluation.md").is_file()
+    # the branch is named as its table, and reads the crop the table gives it
+    model, _ = load_fused(tmp_path / "run" / "fused" / "fused.pt")
+    assert model.regions == ["face", "mouth_small_cnn"]
+    assert model.crops == {"face": "face", "mouth_small_cnn": "mouth"}
     fused = tmp_path / "run" / "fused" / "fused.pt"
     before = fused.stat().st_mtime_ns
 

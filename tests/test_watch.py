@@ -14,10 +14,10 @@ from collections import deque
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ROOT, SAMPLE
+
 from agefuse.watch import cli
-from agefuse.watch.tracks import LEFT, LOST, ENDED, Measurement, TrackSet, running_estimate
+from agefuse.watch.tracks import ENDED, LEFT, LOST, Measurement, TrackSet, running_estimate
 
 STAYING = SAMPLE / "4_1_4_20170103212605868.jpg.chip.jpg"    # aged 4: stays to the end
 LEAVING = SAMPLE / "65_1_0_20170110160643923.jpg.chip.jpg"   # aged 65: leaves through the right edge

@@ -128,7 +128,8 @@ def main(args):
         logits = model(torch.from_numpy(x))
     ours = logits.softmax(1).numpy()
     line = (f"parity on {len(files)} UTKFace chips: max |logit - logit_onnx| = "
-            f"{np.abs(logits.numpy() - reference_logits).max():.2e}, max |p - p_onnx| = {np.abs(ours - reference).max():.2e}")
+            f"{np.abs(logits.numpy() - reference_logits).max():.2e}, "
+            f"max |p - p_onnx| = {np.abs(ours - reference).max():.2e}")
     if args.network == "age":
         ages = np.arange(81, dtype=np.float32)
         line += f", max expected-age difference = {np.abs(ours @ ages - reference @ ages).max():.3f} years"

@@ -44,7 +44,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed with agefuse)")
     parser.add_argument("--threads", type=int_at_least(1), default=os.cpu_count() or 1,
                         help="CPU cores for the model: its branches run side by side")
-    parser.add_argument("--out", default="watch", type=output_folder, help="folder for the timeline, the tracks and the video")
+    parser.add_argument("--out", default="watch", type=output_folder,
+                        help="folder for the timeline, the tracks and the video")
     parser.add_argument("--every", type=positive, default=5,
                         help="detect and estimate every N frames; the tracker follows the faces in between")
     parser.add_argument("--buffer", type=positive, default=30, help="estimates kept per track")
@@ -77,7 +78,7 @@ class InterruptFlag:
     def __init__(self):
         self.requested, self.previous = False, {}
 
-    def __enter__(self) -> "InterruptFlag":
+    def __enter__(self) -> InterruptFlag:
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
             self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
                             tracker=args.tracker, detector=args.detector, upsample=args.upsample,
                             max_frames=args.max_frames)
         estimator = FaceEstimator(args.model, args.detector, args.upsample, args.threads)
-        estimator.model  # loaded now: a wrong model path fails before any output file exists
+        estimator.model  # noqa: B018 (a property read: loaded now, so a wrong model path fails before any output file exists)
         total = min(filter(None, (source.frame_count, args.max_frames)), default=None)
         with tqdm(total=total, desc="watch", unit="frame", disable=None, dynamic_ncols=True) as bar, \
                 video.Outputs(args.out, source.fps, source.size, args.video, say=bar.write) as outputs, \

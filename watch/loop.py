@@ -1,8 +1,8 @@
 """The watch loop: frames in, tracks with running estimates out.
 
 Every ``every``-th frame is a detection frame: dlib finds the faces (and their landmarks, for
-a model that reads landmark crops), the region crops are cut and the fused model estimates each face (``fusion.find_faces``,
-``fusion.estimate``: the same path as agefuse-predict).
+a model that reads landmark crops), the region crops are cut and the fused model estimates
+each face (``fusion.find_faces``, ``fusion.estimate``: the same path as agefuse-predict).
 That is most of the cost (50-150 ms a frame on a 2-core CPU), so on the frames between,
 the faces are only followed, by dlib's correlation tracker: about 5 ms a face, it
 follows a face that moves or turns a little, where holding the last box (``--tracker hold``)

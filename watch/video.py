@@ -167,7 +167,7 @@ class Outputs:
         self.timeline_file.close()
         self.tracks_file.close()
 
-    def __enter__(self) -> "Outputs":
+    def __enter__(self) -> Outputs:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,7 +184,9 @@ def describe(track: Track) -> str:
 def annotate(image: np.ndarray, tracks: list[Track]) -> np.ndarray:
     """Each open track drawn on the frame (in place): its box, id, running age ± spread
     and gender."""
-    from agefuse.fusion import draw_labelled_box  # here, not at the top: it brings torch, which a bad source never needs
+    from agefuse.fusion import (
+        draw_labelled_box,  # here, not at the top: it brings torch, which a bad source never needs
+    )
     for track in tracks:
         r = track.running
         draw_labelled_box(image, track.box, f"#{track.id} {r.age:.0f} +/-{r.spread:.0f} {r.gender[0].upper()}",

@@ -126,8 +126,7 @@ def load_config(aug: str) -> dict[str, list]:
 
 def build_pipeline(region: str, aug: str = "default", seed: int | None = None) -> A.Compose:
     """The region's Compose (empty for ``none`` or a region the config does not name). A
-    further network on a crop (``face_alt``, ``original_alt2``) is augmented as the region of
-    that crop's name (``face``, ``original``) unless the config names it."""
+    region of one unmirrored crop the config does not name is augmented as that crop."""
     config = load_config(aug)
     if region not in config and region in BRANCH_REGIONS:
         (crop, mirrored), *more = BRANCH_REGIONS[region]
