@@ -129,16 +129,16 @@ def plan(recipe: recipes.Recipe, source: str, layout: Layout) -> list[Stage]:
     skipped = cross_fitted(recipe)
     stages += [branch(name, layout.branch(name), options) for name, options in recipe.branches.items()
                if name not in skipped]
-    folds, out_of_fold = recipe.out_of_fold.get("folds"), []
+    folds, out_of_fold, fold_files = recipe.out_of_fold.get("folds"), [], []
     for name in recipe.out_of_fold.get("regions", []):
         runs = [layout.fold(name, i, folds) for i in range(1, folds + 1)]
         stages += [branch(name, run, recipes.fold_options(recipe.branches[name], i, folds))
                    for i, run in enumerate(runs, start=1)]
+        fold_files += [run / "best.pt" for run in runs]
         out_of_fold += ["--out-of-fold", f"{name}=" + ",".join(str(run / "best.pt") for run in runs)]
 
     checkpoints = {name: None if name in skipped else layout.branch(name) / "best.pt" for name in recipe.branches}
     spec = ",".join(name if path is None else f"{name}={path}" for name, path in checkpoints.items())
-    fold_files = [Path(path) for arg in out_of_fold[1::2] for path in arg.split("=", 1)[1].split(",")]
     stages.append(Stage("fusion", "fusion", ["--cache", str(layout.cache), "--branches", spec,
                                              "--out", str(layout.fused.parent), *seed, *device,
                                              *recipes.stage_argv("fusion", recipe.fusion), *out_of_fold],
@@ -209,7 +209,7 @@ def run_recipe(recipe: recipes.Recipe, source: str, out: Path, echo=print) -> di
         echo(f"[{number}/{len(stages)}] {stage.name}: "
              + (f"done in {timings[stage.name] / 60:.1f} min" if ran else "up to date, skipped"))
     timings["all stages"] = time.perf_counter() - started
-    model = Path(stages[-1].argv[stages[-1].argv.index("--model") + 1])
+    model = layout.joint if recipe.joint else layout.fused
     evaluation = json.loads((layout.evaluation / "evaluation.json").read_text())["results"]
     summary = {"recipe": recipe.to_json(), "seed": recipe.seed, "commit": git_commit(), "source": str(source),
                "model": str(model), "timings_s": timings, "evaluation": str(layout.evaluation / "evaluation.md"),
