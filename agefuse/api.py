@@ -28,7 +28,10 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
     given (``channels``: ``"rgb"`` or ``"bgr"``; a 2-D array is grey)."""
     import cv2
 
-    from agefuse.regions import TooLarge, decode, read_image_file
+    from agefuse.regions import TooLarge, check_pixels, decode, read_image_file
+    if channels not in (None, "rgb", "bgr"):
+        raise ValueError(f"channels={channels!r}: an array's channel order is 'rgb' (PIL, matplotlib) "
+                         f"or 'bgr' (OpenCV)")
     if isinstance(image, (str, os.PathLike)):
         try:
             return decode(read_image_file(Path(image)))
@@ -41,10 +44,11 @@ def to_bgr(image: Image, channels: Channels | None = None) -> np.ndarray:
         raise TypeError(f"an image is a path, bytes or a NumPy array, not {type(image).__name__}")
     if image.dtype != np.uint8:
         raise ValueError(f"an image array must be uint8 (0..255), not {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"an image array is (H, W), (H, W, 3) or (H, W, 4), not {image.shape}")
+    check_pixels(image.shape[1], image.shape[0])  # an array obeys the limits a file does, before any copy
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"an image array is (H, W), (H, W, 3) or (H, W, 4), not {image.shape}")
     if channels not in ("rgb", "bgr"):
         raise ValueError("say the array's channel order: channels='rgb' (PIL, matplotlib) or 'bgr' (OpenCV)")
     image = image[:, :, :3]

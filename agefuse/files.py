@@ -1,6 +1,7 @@
 """Files written whole or not at all: ``atomic_write`` is the one way agefuse replaces a file
 that a kill must not leave half-written (a manifest, a crop, a checkpoint, a fused model, a
-features cache).
+features cache). A write that fails (a full disk, a file size limit) is a ``WriteError``
+naming the file, where the system's own error names none.
 """
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class WriteError(OSError):
+    """A file that could not be written; its message names the file and the system's reason."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_error(path: str | Path, err: OSError) -> OSError:
+    """``err`` naming ``path`` when it names no file (ENOSPC on a write says only "No space
+    left on device"); an error that names its file already is kept."""
+    if isinstance(err, WriteError) or err.filename is not None:
+        return err
+    return WriteError(err.errno, f"{path}: cannot be written ({err.strerror or err})")
 
 
 @contextmanager
@@ -31,6 +47,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

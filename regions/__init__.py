@@ -14,7 +14,7 @@ Offers to the later stages:
   ``settings`` would hold (``face_crops`` is the one definition of those crops);
 - ``read_image_file(path)`` and ``decode(data)``: an image file's bytes (a regular file,
   within a byte limit) and its pixels (within a pixel limit), with a reason when they cannot
-  (``TooLarge`` for a limit);
+  (``TooLarge`` for a limit; ``check_pixels`` those limits, for an array too);
 - ``build_cache(argv)``: the agefuse-regions command run in-process (``regions_parser()``
   is its parser, for whoever checks options before running it).
 """
@@ -22,7 +22,7 @@ from . import manifest
 from .crop import ORIGINAL, REGIONS, face_crops, parse_size
 from .labels import IMAGE_SUFFIXES
 from .landmarks import DETECTORS, face_locations
-from .pipeline import Settings, TooLarge, decode, faces_in, read_image_file, read_settings
+from .pipeline import Settings, TooLarge, check_pixels, decode, faces_in, read_image_file, read_settings
 
 
 # the command's module is imported on call, so ``python -m agefuse.regions.cli`` does not find it
@@ -46,6 +46,6 @@ def build_cache(argv: list[str]) -> int:
     return main(regions_parser().parse_args(argv))
 
 
-__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "decode",
-           "face_crops", "face_locations", "faces_in", "manifest", "near_duplicates", "parse_size", "read_image_file",
-           "read_settings", "regions_parser"]
+__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "check_pixels",
+           "decode", "face_crops", "face_locations", "faces_in", "manifest", "near_duplicates", "parse_size",
+           "read_image_file", "read_settings", "regions_parser"]

@@ -31,11 +31,19 @@ from agefuse.cli import (
     output_folder,
     run_command,
 )
-from agefuse.files import atomic_write
+from agefuse.files import atomic_write, write_error
 
 from . import crop, labels, manifest
 from .landmarks import DETECTORS
-from .pipeline import ENCODINGS, Settings, is_complete, process_image, remove_stale_temporaries
+from .pipeline import (
+    ENCODINGS,
+    Settings,
+    crop_path,
+    frame_count,
+    is_complete,
+    process_image,
+    remove_stale_temporaries,
+)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -149,7 +157,10 @@ def main(args: argparse.Namespace) -> int:
         problems += excluded
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
-    with (cache / manifest.LABEL_PROBLEMS).open("w", newline="") as handle:
+    for item in items:  # said, so nobody thinks the animation was watched
+        if item.path.lower().endswith(".gif") and (frames := frame_count(item.path)) > 1:
+            print(f"{item.path}: an animated GIF of {frames} frames: its first frame is read", file=sys.stderr)
+    with atomic_write(cache / manifest.LABEL_PROBLEMS) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "reason"])
         writer.writerows([p.path, p.reason] for p in problems)
@@ -201,9 +212,9 @@ def main(args: argparse.Namespace) -> int:
 
     rows = list(kept)
     tasks = [(item, group_of[item.id], str(cache), settings) for item in todo]
-    interrupted = False
+    interrupted, failed = False, None
     pool = None
-    with path.open("a", encoding="utf-8") as out:
+    with path.open("ab", buffering=0) as out:
         try:
             if args.workers > 1 and len(tasks) > 1:
                 pool = multiprocessing.get_context("fork").Pool(args.workers, _ignore_sigint)
@@ -215,15 +226,20 @@ def main(args: argparse.Namespace) -> int:
                 row["split"] = split.get(row["id"])
                 if row["status"] == "rejected":
                     tqdm.write(f"skipped {row['source']}: {row['reason']}", file=sys.stderr)
-                out.write(json.dumps(row, separators=(",", ":")) + "\n")
-                out.flush()
+                append_row(out, path, row)
                 rows.append(row)
         except KeyboardInterrupt:
             interrupted = True
+        except OSError as err:  # a full disk, a file size limit: a crop's or the manifest's write
+            failed = write_error(path, err)
         finally:
             if pool is not None:
                 pool.terminate()
                 pool.join()
+    if failed:
+        listed = {row["id"] for row in rows}
+        unlisted = [item for item in todo if item.id not in listed]
+        return stop_on_write_error(failed, cache, settings, unlisted, group_of, len(rows) - len(kept))
     elapsed = time.perf_counter() - start
     processed = len(rows) - len(kept)
     if interrupted:
@@ -236,6 +252,10 @@ def main(args: argparse.Namespace) -> int:
     with atomic_write(cache / f"summary{shard}.json") as tmp:
         tmp.write_bytes(json_text(summary, indent=2).encode())
     print_summary(summary, path)
+    conflicts = sum(problem.conflict for problem in problems)
+    if conflicts:  # the labels contradict themselves: the user must choose, so the run says it failed
+        print(f"{conflicts} image(s) listed again with another label (named above) were left out; every other image "
+              f"is cached", file=sys.stderr)
     # an image that could not be read at all (not one without a face) is an input failure
     unreadable = [r for r in rows if r["status"] == "rejected" and "width" not in r]
     if unreadable:
@@ -245,7 +265,33 @@ def main(args: argparse.Namespace) -> int:
               f"{'' if args.retry_rejected else ' (once they are fixed, --retry-rejected reads them again)'}",
               file=sys.stderr)
         return 1
-    return 0
+    return 1 if conflicts else 0
+
+
+def append_row(out, path: Path, row: dict) -> None:
+    """One manifest line appended whole or not at all: a write that fails part way (a full
+    disk) is cut back off, so the manifest ends on a whole row."""
+    data = memoryview((json.dumps(row, separators=(",", ":")) + "\n").encode())
+    start = out.tell()
+    try:
+        while data:
+            data = data[out.write(data):]
+    except OSError as err:
+        out.truncate(start)
+        raise write_error(path, err) from None
+
+
+def stop_on_write_error(err: OSError, cache: Path, settings: Settings, unlisted: list, group_of: dict,
+                        cached: int) -> int:
+    """After a failed write, the cache keeps only whole, listed files: the crops of images no
+    row lists (workers stopped part way) and every temporary file go."""
+    for item in unlisted:
+        for name in settings.sizes:
+            (cache / crop_path(group_of[item.id], name, item.id, settings.ext)).unlink(missing_ok=True)
+    remove_stale_temporaries(cache)
+    print(f"error: {err}; stopped with {cached} image(s) cached this run and {len(unlisted)} not done; no file is "
+          f"left half-written: make room, then run the same command again", file=sys.stderr)
+    return 1
 
 
 def summarize(rows: list[dict], problems: list, processed: int, elapsed: float) -> dict:

@@ -23,12 +23,12 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # a GIF: its first frame
 MAX_AGE = 120  # UTKFace goes to 116; anything beyond is a typo, not a person
 GENDERS = {0: "male", 1: "female"}  # UTKFace's coding, kept for CSVs too
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
@@ -51,12 +51,19 @@ class Item:
     race: int | None = None
     age_range: tuple[int, int] | None = None
     subject: str | None = None
+    where: str | None = field(default=None, compare=False)  # the labels file's row, FILE:LINE
+
+    @property
+    def label(self) -> str:
+        age = "no age" if self.age is None else f"age {'-'.join(map(str, self.age_range or (self.age,)))}"
+        return age + (f", {GENDERS[self.gender]}" if self.gender is not None else "")
 
 
 @dataclass(frozen=True)
 class Problem:
     path: str
     reason: str
+    conflict: bool = False  # two rows give one image different labels: an error in the labels, not a skip
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -190,7 +197,7 @@ def csv_items(csv_path: str | Path) -> tuple[list[Item], list[Problem]]:
                 gender = row.get("gender", "")
                 age, age_range = parse_age(row["age"])
                 items.append(Item(id=image_id(path), path=str(path), age=age, age_range=age_range,
-                                  gender=check_gender(_integer(gender, "gender") if gender else None)))
+                                  gender=check_gender(_integer(gender, "gender") if gender else None), where=where))
             except LabelError as err:
                 problems.append(Problem(f"{where} ({row.get('path', '')})", str(err)))
     return _unique(items, problems)
@@ -208,14 +215,26 @@ def _integer(text: str, field: str) -> int:
 
 def _unique(items: list[Item], problems: list[Problem]) -> tuple[list[Item], list[Problem]]:
     """Ids name cache files, so two images with one id would overwrite each other: the
-    second is reported, not silently merged."""
+    second is reported, not silently merged. One image listed twice with two labels keeps
+    neither (a label is never guessed); listed twice with one label, it is kept once."""
     seen: dict[str, Item] = {}
-    for item in sorted(items, key=lambda i: (i.id, i.path)):
-        if item.id in seen:
-            problems.append(Problem(item.path, f"same image id {item.id!r} as {seen[item.id].path}"))
+    conflicting: set[str] = set()
+    for item in sorted(items, key=lambda i: (i.id, i.path)):  # stable: a file's rows stay in their order
+        first = seen.setdefault(item.id, item)
+        if first is item:
+            continue
+        here = f"{item.where} ({item.path})" if item.where else item.path
+        there = first.where or first.path
+        if first.path != item.path:
+            problems.append(Problem(here, f"same image id {item.id!r} as {there}"))
+        elif (item.age, item.age_range, item.gender, item.race) != (first.age, first.age_range, first.gender,
+                                                                    first.race):
+            problems.append(Problem(here, f"the same image as {there}, with another label ({item.label} here, "
+                                          f"{first.label} there): both rows left out", conflict=True))
+            conflicting.add(item.id)
         else:
-            seen[item.id] = item
-    return list(seen.values()), problems
+            problems.append(Problem(here, f"the same image and label as {there}: kept once"))
+    return [item for item in seen.values() if item.id not in conflicting], problems
 
 
 def exclude(items: list[Item], path: str | Path) -> tuple[list[Item], list[Problem]]:
@@ -283,7 +302,8 @@ def adience_items(fold: str | Path, source: str | Path) -> tuple[list[Item], lis
                     if row["gender"].lower() not in ADIENCE_GENDERS:
                         raise LabelError(f"gender {row['gender']!r} is not m, f or u")
                     items.append(Item(id=image_id(path), path=str(path), age=age, age_range=age_range,
-                                      gender=ADIENCE_GENDERS[row["gender"].lower()], subject=row["user_id"]))
+                                      gender=ADIENCE_GENDERS[row["gender"].lower()], subject=row["user_id"],
+                                      where=where))
                 except LabelError as err:
                     problems.append(Problem(where, str(err)))
     return _unique(items, problems)

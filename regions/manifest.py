@@ -16,8 +16,8 @@ A manifest row (``docs/formats.md`` in the README lists every field): ``id``, ``
 image to the crop), ``phash``, ``width``, ``height``, ``reason``.
 
 Writes are crash-safe: a crop is written to a temporary name and renamed into place before
-its row is appended, so a listed crop is always whole; a row cut short by a kill is dropped
-on the next read; a finished manifest is rewritten sorted through a rename.
+its row is appended, so a listed crop is always whole; a row cut short by a kill is named and
+left out on the next read; a finished manifest is rewritten sorted through a rename.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,20 +169,34 @@ def manifest_name(shard: tuple[int, int] = (0, 1)) -> str:
 # ---- reading and writing ------------------------------------------------------------------
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The rows of a manifest file; a last line cut short by a kill is left out."""
+    """The rows of a manifest file; a last line cut short by a kill is left out and named on
+    stderr (whoever reads the cache must not think it whole; ``cut_short`` tells them)."""
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.endswith("\n"):
-                break  # an append interrupted mid-line: that image is simply redone
+            if not line.endswith("\n"):  # an append interrupted mid-line: agefuse-regions redoes that image
+                print(f"{path}:{number}: the last row is cut short (a run was killed while writing it); left out "
+                      f"until agefuse-regions makes it again", file=sys.stderr)
+                break
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise ValueError(f"{path}:{number}: not a JSON row; the manifest is damaged") from None
     return rows
+
+
+def cut_short(path: str | Path) -> bool:
+    """Whether a manifest's last row is cut short (``read_rows`` leaves it out): its last byte
+    alone is read."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) != b"\n"
 
 
 def write_rows(path: str | Path, rows: Iterable[dict]) -> None:

@@ -104,7 +104,19 @@ def image_size(data: bytes) -> tuple[int, int]:
             return struct.unpack(">II", data[16:24])
         raise TooLarge(f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0) // 10**6} M pixels") from None
     except Exception:
-        raise ValueError("not a readable image (not JPEG, PNG, BMP, WebP or TIFF, or its header is broken)") from None
+        raise ValueError("not a readable image (not JPEG, PNG, BMP, WebP, TIFF or GIF, or its header is broken)"
+                         ) from None
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames an image file holds (an animated GIF's several, of which the first is
+    read); 1 for any file Pillow cannot open (its reading says why, later)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "n_frames", 1)
+    except Exception:  # noqa: BLE001 (any unreadable file is decode's to name)
+        return 1
 
 
 def truncated_jpeg(data: bytes) -> bool:
@@ -139,8 +151,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if not data:
         raise ValueError("empty file")
     width, height = image_size(data)
-    if width * height > max_pixels:
-        raise TooLarge(f"too large: {width} x {height} pixels (the limit is {max_pixels / 10**6:g} M pixels)")
+    check_pixels(width, height, max_pixels, smallest=0)  # the small side is judged on the decoded pixels
     if truncated_jpeg(data):
         raise ValueError("truncated JPEG (no end-of-image marker)")
     try:
@@ -149,10 +160,17 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ValueError(f"not decodable ({str(err).strip().splitlines()[-1][:120]})") from None
     if image is None:
         raise ValueError("not a decodable image (corrupt, too large or not an image file)")
-    height, width = image.shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise ValueError(f"too small: {width} x {height} pixels (at least {MIN_SIDE} a side)")
+    check_pixels(image.shape[1], image.shape[0], max_pixels)
     return image
+
+
+def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS, smallest: int = MIN_SIDE) -> None:
+    """The limits every image meets, a file's or an array's: at most ``max_pixels``
+    (``TooLarge``), at least ``smallest`` a side (``ValueError``)."""
+    if width * height > max_pixels:
+        raise TooLarge(f"too large: {width} x {height} pixels (the limit is {max_pixels / 10**6:g} M pixels)")
+    if min(width, height) < smallest:
+        raise ValueError(f"too small: {width} x {height} pixels (at least {smallest} a side)")
 
 
 def perceptual_hash(gray: np.ndarray) -> str:
@@ -216,7 +234,12 @@ def process_image(item: Item, group: str, cache: str, settings: Settings) -> dic
             return {**row, "reason": f"could not encode the {name} crop"}
         crops[name] = crop_path(group, name, item.id, settings.ext)
         matrices[name] = np.round(face["matrices"][name], 6).tolist()
-        _write(cache / crops[name], encoded.tobytes())
+        try:
+            _write(cache / crops[name], encoded.tobytes())
+        except OSError:  # a full disk: no row will list this image, so none of its crops may stay
+            for rel in crops.values():
+                (cache / rel).unlink(missing_ok=True)
+            raise
     score = face["score"]
     return {**row, "status": "fallback" if face["detector"] == "whole-image" else "ok",
             "detector": face["detector"], "faces": count,
