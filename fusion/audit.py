@@ -28,6 +28,7 @@ from agefuse.cli import HelpFormatter, existing_file, int_at_least, output_folde
 from agefuse.regions import manifest, near_duplicates
 
 from .features import extract, read_crops
+from .inference import check_cache_fits
 from .model import load_fused
 
 AGE_SCALE = 15.0  # years outside the interval that make a label fully suspect
@@ -98,6 +99,7 @@ def write_leaks(rows: list[dict], bits: int, path: Path) -> list[tuple]:
 def main(args: argparse.Namespace) -> int:
     model, _ = load_fused(args.model)
     cache, out = Path(args.cache), Path(args.out)
+    check_cache_fits(model, cache, args.model or "the installed model")  # other pixels: every label would look wrong
     every = [r for r in manifest.load(cache) if r["status"] != "rejected"]
     rows = [r for r in every if r.get("age") is not None and (args.split == "all" or r["split"] == args.split)]
     if not every:
@@ -151,6 +153,9 @@ def main(args: argparse.Namespace) -> int:
           f"{out / 'leaks.csv'}")
     print(f"wrote {out / 'suspects.csv'}, {out / 'suspects.png'}; no label was changed: review them, then "
           f"agefuse-regions ... --exclude FILE (ids one per line)")
+    if manifest.cut_short(cache / manifest.MANIFEST):
+        print(f"1 row of {cache / manifest.MANIFEST} was cut short (named above) and not audited", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,13 +1,18 @@
 """agefuse-evaluate: the fused model and each branch alone, side by side.
 
     agefuse-evaluate --model runs/fused/fused.pt --cache runs/utk --split val --out runs/eval
-    agefuse-evaluate --model runs/fused/fused.pt --images photos/ [--labels labels.csv] --out runs/eval
+    agefuse-evaluate --images photos/ [--labels labels.csv] [--upsample 1] --out runs/eval
 
-A plain folder goes through the same regions pipeline first (into ``OUT/cache``). Reports
+A plain folder goes through the same regions pipeline first (into ``OUT/cache``), finding
+faces as the model's training cache did (``--detector``, ``--upsample`` as agefuse-predict);
+a cache cut with other crop settings than the model's is refused. Reports
 age MAE, MSE, R², CS@5, MAE per decade and per race, minors-vs-adults precision/recall, and
 gender accuracy, precision, recall, F1 and confusion matrix; writes ``evaluation.json``,
 ``evaluation.md`` and PNGs (predicted vs true age, error by age, gender confusion).
-Images where no face was found are counted and listed, never dropped silently.
+Images where no face was found are counted and listed, never dropped silently: the
+detector's found rate is reported, and a photo it missed is a miss, not scored. Only a
+chip-like image (``chip_like``: small and square, the face filling the frame) missed by the
+detector is scored from the whole image, and said so.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from agefuse.regions import DETECTORS, build_cache, manifest
 
 from .features import extract
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, group_report, parse_groups
-from .inference import crop_settings
+from .inference import check_cache_fits, crop_settings
 from .metrics import age_report, gender_report, interval_coverage
 from .model import in_calibration_half, load_fused
 
@@ -32,7 +37,8 @@ from .model import in_calibration_half, load_fused
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate the fused model and each branch alone.",
                                      add_help=add_help, formatter_class=HelpFormatter)
-    parser.add_argument("--model", required=True, type=existing_file, help="fused.pt from agefuse-train-fusion")
+    parser.add_argument("--model", default=None, type=existing_file,
+                        help="fused.pt from agefuse-train-fusion (default: the UTKFace model installed with agefuse)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cache", help="a regions cache; evaluate its --split")
     source.add_argument("--images", help="a plain folder of labelled face images")
@@ -41,8 +47,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--labels", default=None, type=existing_file, help="with --images: CSV path,age[,gender]")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="with --images: the face detector (default: the one the model's training cache used)")
+    parser.add_argument("--upsample", type=int_at_least(0), default=None,
+                        help="with --images: enlarge each photo this many times before detection (1 finds faces "
+                             "down to about 40 px; default: as the model's training cache)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
-                        help="with --images: a face the detector misses is not evaluated (counted as no face)")
+                        help="a face the detector misses is never evaluated, not even in a chip-like image (small "
+                             "and square: the face fills it), which is otherwise scored from the whole image; a "
+                             "photo the detector missed is a miss either way")
     parser.add_argument("--groups", type=checked(parse_groups), default=DEFAULT_GROUPS,
                         help="age groups whose probabilities are checked: NAME:LOW-HIGH,...,NAME:LOW-")
     parser.add_argument("--out", required=True, type=output_folder,
@@ -56,7 +67,7 @@ def prepare_folder(args, model, out: Path) -> Path:
     """Run the regions stage on a plain folder, finding and cropping faces as the cache the
     model learned from did (its detector, upsampling, fallback box and crop sizes), so the
     branches see what agefuse-predict would give them."""
-    settings = crop_settings(model, args.detector, fallback=args.fallback)
+    settings = crop_settings(model, args.detector, args.upsample, fallback=args.fallback)
     cache = out / "cache"
     # lossless crops: the faces are scored from exactly the pixels agefuse-predict would cut
     argv = [args.images, "--cache", str(cache), "--workers", str(args.workers), "--detector", settings.detector,
@@ -69,6 +80,38 @@ def prepare_folder(args, model, out: Path) -> Path:
         argv.append("--no-fallback")
     build_cache(argv)
     return cache
+
+
+CHIP_MAX_SIDE = 512   # a UTKFace chip is 200 px; a photo of one face that fills it is seldom larger
+CHIP_MAX_ASPECT = 1.25
+
+
+def chip_like(row: dict) -> bool:
+    """An image that is one face filling the frame (a chip, as UTKFace's), where a face the
+    detector missed may be scored from the whole image; a photo's whole image is no face."""
+    width, height = row.get("width") or 0, row.get("height") or 0
+    return (0 < max(width, height) <= CHIP_MAX_SIDE
+            and max(width, height) <= CHIP_MAX_ASPECT * min(width, height))
+
+
+def image_counts(chosen: list[dict], fallback: bool) -> tuple[list[dict], dict]:
+    """The rows to score, and what became of every image: found by the detector, missed (a
+    photo, or any image without the fallback: counted, never scored), scored from the whole
+    image (a chip-like one), unreadable."""
+    whole = [r for r in chosen if r["status"] == "fallback" and fallback and chip_like(r)]
+    missed = [r for r in chosen if (r["status"] == "fallback" and r not in whole)
+              or (r["status"] == "rejected" and r.get("faces") == 0)]
+    found = sum(r["status"] == "ok" for r in chosen)
+    scored = {id(r) for r in [*whole, *(r for r in chosen if r["status"] == "ok")]}
+    rows = [r for r in chosen if id(r) in scored and r.get("age") is not None]
+    unreadable = [f"{r['source']}: {r['reason']}" for r in chosen if r["status"] == "rejected" and r.get("faces") != 0]
+    readable = found + len(whole) + len(missed)
+    return rows, {"evaluated": len(rows), "faces found": found, "no face found": len(whole) + len(missed),
+                  "found_rate": round(found / readable, 4) if readable else None,
+                  "of which scored from the whole image": len(whole), "missed (not scored)": len(missed),
+                  "unreadable": len(unreadable), "no_face_files": [r["source"] for r in [*missed, *whole]],
+                  "missed_files": [r["source"] for r in missed],
+                  "whole_image_files": [r["source"] for r in whole], "unreadable_files": unreadable}
 
 
 def evaluate_rows(model, cache: Path, rows: list[dict], calibrated: set[str] = frozenset(),
@@ -241,22 +284,19 @@ def plots(data: dict, fused: dict, result: dict, out: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     model, state = load_fused(args.model)  # first: a file that is no model leaves nothing behind
+    model_name = args.model or "the installed model"
+    if args.cache:
+        check_cache_fits(model, args.cache, model_name)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else prepare_folder(args, model, out)
     split = args.split if args.cache else "all"
     every = manifest.load(cache)
     chosen = [r for r in every if split == "all" or r["split"] == split]
-    rows = [r for r in chosen if r["status"] != "rejected" and r.get("age") is not None]
     if chosen and not any(r.get("age") is not None for r in chosen):
         raise SystemExit(f"error: {cache} has no labels to evaluate against (a label-free cache): agefuse-predict "
                          f"estimates its faces; give --labels to evaluate")
-    no_face = [r["source"] for r in chosen if r["status"] == "fallback" or
-               (r["status"] == "rejected" and r.get("faces") == 0)]
-    unreadable = [f"{r['source']}: {r['reason']}" for r in chosen if r["status"] == "rejected" and r.get("faces") != 0]
-    counts = {"evaluated": len(rows), "no face found": len(no_face),
-              "of which scored from the whole image": sum(r["status"] == "fallback" for r in chosen),
-              "unreadable": len(unreadable), "no_face_files": no_face, "unreadable_files": unreadable}
+    rows, counts = image_counts(chosen, args.fallback)
     if not rows:
         raise SystemExit(f"error: nothing to evaluate in {cache} ({split} split)")
     calibration = state.get("summary", {}).get("calibration", {})
@@ -266,23 +306,30 @@ def main(args: argparse.Namespace) -> int:
     calibrated = ({r["id"] for r in rows if in_calibration_half(r["id"])}
                   if same_cache and split == "val" and calibration.get("split") == "val" else set())
     result, data, fused = evaluate_rows(model, cache, rows, calibrated, args.groups)
-    (out / "evaluation.json").write_text(json_text({"images": counts, "results": result, "model": args.model,
+    (out / "evaluation.json").write_text(json_text({"images": counts, "results": result, "model": model_name,
                                                      "source": str(cache), "split": split}, indent=1))
     write_predictions(out / "predictions.csv", model, rows, data, fused, args.groups)
     table = markdown(result, counts)
     (out / "evaluation.md").write_text(table)
     plots(data, fused, result, out)
     print(table)
-    for row in chosen:
-        if row["status"] == "fallback":
-            print(f"no face found: {row['source']} (scored from the whole image)")
-        elif row["status"] == "rejected" and row.get("faces") == 0:
-            print(f"no face found: {row['source']} (not evaluated)")
-    for line in unreadable:
+    for source in counts["whole_image_files"]:
+        print(f"no face found: {source} (a chip-like image: scored from the whole image)")
+    for source in counts["missed_files"]:
+        print(f"no face found: {source} (a miss: not evaluated)")
+    for line in counts["unreadable_files"]:
         print(f"not evaluated: {line}")
+    readable = counts["faces found"] + counts["no face found"]
+    print(f"faces found in {counts['faces found']} of {readable} readable images"
+          + (f" ({100 * counts['found_rate']:.1f}%)" if readable else "")
+          + f"; {counts['missed (not scored)']} missed, {counts['of which scored from the whole image']} chip-like "
+            f"image(s) scored from the whole image")
+    cut = manifest.cut_short(cache / manifest.MANIFEST)
     print(f"wrote {out / 'evaluation.json'}, evaluation.md, predictions.csv, predicted_vs_true.png, error_by_age.png, "
           f"gender_confusion.png, group_confusion.png, reliability.png")
-    return 0
+    if cut:
+        print(f"1 row of {cache / manifest.MANIFEST} was cut short (named above) and not evaluated", file=sys.stderr)
+    return 1 if cut else 0
 
 
 def run() -> int:

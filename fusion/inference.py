@@ -4,6 +4,7 @@ The commands (agefuse-predict, -evaluate, -serve, -watch) and the Python API mee
 face is found, cropped and scored the same way by all of them:
 
 - ``crop_settings(model, ...)``: how to find and crop faces for ``model``;
+- ``check_cache_fits(model, cache, name)``: refuses a cache cut with other crop settings;
 - ``find_faces(model, image)``: the faces of a BGR image with the crops the model reads;
 - ``estimate(model, faces)``: those faces through the model (age, interval, gender);
 - ``predict_faces(model, image)``: both, as the records agefuse-predict writes;
@@ -50,6 +51,28 @@ def crop_settings(model: FusedModel, detector: str | None = None, upsample: int 
     sizes and framing), with the detector, upsampling and whole-image fallback asked here."""
     asked = {"detector": detector, "upsample": upsample}
     return replace(model.crop_settings, fallback=fallback, **{k: v for k, v in asked.items() if v is not None})
+
+
+# the settings that change a crop's pixels (ext, age groups and the split do not)
+CROP_FIELDS = ("detector", "upsample", "fallback_inset")
+
+
+def check_cache_fits(model: FusedModel, cache, model_name: str) -> None:
+    """Refuses (``ValueError``, one line) a cache whose crops were cut otherwise than the
+    model learned from: another detector, upsampling, fallback box or crop size gives other
+    pixels, and scoring those says nothing true about the model (an MAE of 11 for 5)."""
+    from agefuse.regions import read_settings
+    cached, learned = read_settings(cache), model.crop_settings
+    differ = [f"{name}: {getattr(cached, name)!r} in the cache, {getattr(learned, name)!r} in the model"
+              for name in CROP_FIELDS if getattr(cached, name) != getattr(learned, name)]
+    differ += [f"{name} size: {'x'.join(map(str, cached.sizes[name]))} in the cache, "
+               f"{'x'.join(map(str, learned.sizes[name]))} in the model"
+               for name in crops_read(model.crops.values())
+               if tuple(cached.sizes.get(name, ())) != tuple(learned.sizes.get(name, ()))]
+    if differ:
+        raise ValueError(f"{cache} was cut with other crop settings than {model_name} learned from "
+                         f"({'; '.join(differ)}): its faces would be scored from other pixels; use a cache made "
+                         f"with the model's settings, or give the photos with --images (cut as the model's)")
 
 
 def find_faces(model: FusedModel, image: np.ndarray, settings: Settings | None = None, threads: int = 1
