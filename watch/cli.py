@@ -127,6 +127,11 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps), "
           f"{summary['tracks']} tracks: {written}")
+    if summary["missing_frames"]:  # a video watched in part is not a video watched
+        print(f"{summary['missing_frames']} of the {source.frame_count} frames {source.name} lists were never read "
+              f"(named above): its timeline ends at frame {summary['frames'] + summary['skipped_frames'] - 1}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

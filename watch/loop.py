@@ -180,7 +180,8 @@ def watch(source: Source, estimator: FaceEstimator, settings: Settings, outputs:
     with clock("write"):
         outputs.write(tracks.close_all(INTERRUPTED if interrupted else ENDED))
     seconds = time.perf_counter() - start
-    return {"source": source.name, "frames": frames, "skipped_frames": source.skipped, "seconds": round(seconds, 3),
+    return {"source": source.name, "frames": frames, "skipped_frames": source.skipped,
+            "missing_frames": source.missing, "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 2) if seconds else None, "tracks": outputs.closed,
             "interrupted": interrupted, "stage_seconds": {k: round(v, 4) for k, v in clock.seconds.items()},
             "settings": asdict(settings)}

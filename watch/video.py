@@ -45,7 +45,8 @@ class Source:
     fps: float
     frame_count: int     # 0 when unknown (a camera)
     first: np.ndarray    # the first frame, read when opening: a source with none is refused
-    skipped: int = 0     # frames that failed to decode
+    skipped: int = 0     # frames that failed to decode, with a decoded frame after them
+    missing: int = 0     # frames the file lists that never came: it is cut short or damaged at the end
 
     @property
     def size(self) -> tuple[int, int]:
@@ -94,8 +95,9 @@ def open_source(source: str) -> Source:
 
 def read_frames(source: Source, say: Callable[[str], None]) -> Iterator[tuple[int, np.ndarray]]:
     """(index, BGR frame) in order. Indexes count every frame of the file, so a frame that
-    fails to decode leaves a gap; it is named once the next one decodes (failures with none
-    after them are the end of the file, whose frame count containers often overstate)."""
+    fails to decode leaves a gap; it is named once the next one decodes. Frames the file's
+    count lists that never come (a file cut short) are counted in ``source.missing`` and
+    named at the end."""
     yield 0, source.first
     index, failed = 1, []
     while True:
@@ -113,6 +115,10 @@ def read_frames(source: Source, say: Callable[[str], None]) -> Iterator[tuple[in
                 say(f"{source.name}: stopped delivering frames")
                 return
         elif index >= source.frame_count:
+            if failed:
+                source.missing = len(failed)
+                say(f"{source.name}: frames {failed[0]}-{failed[-1]} of the {source.frame_count} it lists could "
+                    f"not be read ({len(failed)} missing: the file is cut short or damaged)")
             return
         else:
             failed.append(index)
