@@ -3,14 +3,21 @@
 Keys: ``model``, ``optimizer``, ``sampler``, ``stop``, ``round``, ``history``, ``rng``,
 ``model_args`` (what ``create_model`` needs, plus the region and image size) and ``config``
 (every command-line option). ``load_branch`` rebuilds a trained branch from the file alone.
+
+A round's files are written by ``save_round`` (``last.pt``, then ``best.pt``, then
+``history.json``); ``repair_run`` on ``--resume`` makes them agree again after a kill at any
+point between or during those writes.
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from agefuse.cli import json_text
 from agefuse.files import atomic_write
 
 from .model import MODEL_ARG_DEFAULTS, BranchModel, current_model_args, model_from_args
@@ -27,8 +34,59 @@ def model_args_of(args) -> dict:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
+    remove_temporaries(Path(path).parent, Path(path).name)  # a killed save's, which no rename will take
     with atomic_write(path) as tmp:  # a kill during the save leaves the previous checkpoint whole
         torch.save(state, tmp)
+
+
+def remove_temporaries(folder: Path, name: str = "") -> list[Path]:
+    """The temporary files (``atomic_write``'s ``.NAME.tmp-PID``) a killed write left in a
+    run folder, of ``name`` alone when given; one process writes a run, so none is in use."""
+    stale = [p for p in Path(folder).glob(f".{name or '*'}.tmp-*") if p.name != f".{name}.tmp-{os.getpid()}"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def save_round(state: dict, out: Path, improved: bool) -> None:
+    """One round's checkpoints and history. ``last.pt`` first: after a kill before ``best.pt``
+    is written, ``last.pt`` still holds the best round's weights, from which ``repair_run``
+    rewrites it (the other order could overwrite the best round with a worse one)."""
+    save_checkpoint(state, out / "last.pt")
+    if improved:
+        save_checkpoint(state, out / "best.pt")
+    with atomic_write(out / "history.json") as tmp:
+        tmp.write_text(json_text(state["history"]))
+
+
+def saved_round(path: Path) -> int | None:
+    """The round a checkpoint holds; None when it is missing or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["round"])
+    except Exception:  # noqa: BLE001 (missing, cut short or foreign: in each case not the round wanted)
+        return None
+
+
+def repair_run(out: Path, state: dict, say: Callable[[str], None]) -> None:
+    """A run folder as ``state`` (its ``last.pt``) says it should be, after a kill at any point
+    of ``save_round``: the temporary files go, ``best.pt`` holds the best round (rewritten from
+    ``last.pt`` when that round is the last one), ``history.json`` holds every round."""
+    for path in remove_temporaries(out):
+        say(f"{path}: removed (a write that was killed before it finished)")
+    best_round, best = state["stop"]["best_round"], out / "best.pt"
+    held = saved_round(best)
+    if held != best_round:
+        if best_round != state["round"]:  # only the last round's weights are in last.pt
+            raise CheckpointError(f"{best} holds round {held}, but {out / 'last.pt'} says round {best_round} was the "
+                                  f"best and no file holds its weights; train again without --resume")
+        save_checkpoint(state, best)
+        say(f"{best}: held {'no round' if held is None else f'round {held}'}, but round {best_round} was the best "
+            f"(a kill before it was written): rewritten from {out / 'last.pt'}")
+    history = out / "history.json"
+    if not history.is_file() or history.read_text() != json_text(state["history"]):
+        with atomic_write(history) as tmp:
+            tmp.write_text(json_text(state["history"]))
+        say(f"{history}: rewritten from {out / 'last.pt'} (rounds 0-{state['round']})")
 
 
 def read_torch_file(path: str | Path, what: str = "agefuse checkpoint"):

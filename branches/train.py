@@ -36,14 +36,13 @@ from agefuse.cli import (
     float_in,
     fold_spec,
     int_at_least,
-    json_text,
     output_folder,
     run_command,
     torch_device,
 )
 
 from . import augment
-from .checkpoint import CheckpointError, load_checkpoint, model_args_of, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_args_of, repair_run, save_round
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
 from .model import EMBEDDING_DIM, FEATURE_SCALE, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
@@ -241,6 +240,7 @@ def main(args: argparse.Namespace) -> int:
     model_args = model_args_of(args)
     if args.resume:
         state = load_checkpoint(out / "last.pt", model_args)
+        repair_run(out, state, log)  # a kill during the last save: best.pt and history.json made to agree with it
         model.load_state_dict(state["model"])
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -295,10 +295,7 @@ def main(args: argparse.Namespace) -> int:
                      "sampler": sampler.state_dict(), "stop": stop.state_dict(), "round": round_index,
                      "history": history, "rng": torch.get_rng_state(), "model_args": model_args,
                      "config": {k: v for k, v in vars(args).items()}}
-            save_checkpoint(state, out / "last.pt")
-            if stop.improved:
-                save_checkpoint(state, out / "best.pt")
-            (out / "history.json").write_text(json_text(history))
+            save_round(state, out, stop.improved)
             plot_learning_curve(history, out / "learning_curve.png", title=f"{args.region} branch ({args.model})")
         elapsed = (time.perf_counter() - started) / 60
         per_round = elapsed / (round_index - start_round + 1)

@@ -7,19 +7,23 @@ answers ``{"faces": [...]}``, the records of agefuse-predict's JSON. ``GET /`` i
 where a person drops a photo and sees each face's box, age, interval and gender drawn on it.
 ``GET /health`` says the model is loaded. It listens on 127.0.0.1 unless told otherwise,
 refuses an upload over ``--max-bytes`` (413) and an image over ``--max-pixels`` or one that
-is not an image (415 or 400, with the reason in one line), loads the model once at start,
+is not an image (415 or 400, with the reason in one line), drops an upload that does not
+arrive within ``--upload-timeout`` (408, the connection closed) and logs a client that
+disconnects mid-upload in one line, loads the model once at start,
 and estimates one request at a time while others upload and decode, so concurrent requests
 never share a model call.
 """
 
 import argparse
+import asyncio
 import sys
 import threading
 from pathlib import Path
 
-from agefuse.cli import HelpFormatter, existing_file, int_at_least, run_command
+from agefuse.cli import HelpFormatter, existing_file, float_in, int_at_least, run_command
 
 PAGE = Path(__file__).parent / "serve.html"
+UPLOAD_TIMEOUT = 30.0  # seconds: a 20 MB photo over a slow phone link, not a connection held open for ever
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -33,15 +37,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-bytes", type=int_at_least(1), default=20 * 2**20, help="largest upload, in bytes")
     parser.add_argument("--max-pixels", type=int_at_least(1), default=40_000_000, help="largest image, width x height")
     parser.add_argument("--threads", type=int_at_least(1), default=2, help="CPU cores for one estimate")
+    parser.add_argument("--upload-timeout", type=float_in(0, 3600, low_open=True), default=UPLOAD_TIMEOUT,
+                        help="seconds an upload may take to arrive; a stalled one is answered 408 and its "
+                             "connection closed")
     return parser
 
 
 def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000,
-               threads: int = 2):
+               threads: int = 2,
+               upload_timeout: float = UPLOAD_TIMEOUT):
     """The FastAPI application, with the model loaded (once, here)."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.requests import ClientDisconnect
 
     from agefuse.regions import TooLarge, decode
 
@@ -54,8 +63,12 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     busy = threading.Lock()  # one estimate at a time: the branches already use every core given
     app = FastAPI(title="agefuse", description="Age and gender of every face in a photo.")
 
-    def refuse(status: int, reason: str) -> JSONResponse:
-        return JSONResponse({"error": reason}, status_code=status)
+    def refuse(status: int, reason: str, close: bool = False) -> JSONResponse:
+        return JSONResponse({"error": reason}, status_code=status, headers={"connection": "close"} if close else None)
+
+    def log(request: Request, what: str) -> None:  # one line a dropped client: it is theirs, not the service's
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        print(f"agefuse-serve: {client} {what}", file=sys.stderr, flush=True)
 
     async def upload(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -93,10 +106,16 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     @app.post("/predict")
     async def predict(request: Request):
         try:
-            data = await upload(request)
+            data = await asyncio.wait_for(upload(request), upload_timeout)
             if not data:
                 return refuse(400, "empty upload: send an image file")
             faces = await run_in_threadpool(estimate, data)
+        except ClientDisconnect:
+            log(request, "disconnected mid-upload; dropped")
+            return Response(status_code=400)  # nobody left to read it
+        except asyncio.TimeoutError:
+            log(request, f"sent no whole upload within {upload_timeout:g} s (--upload-timeout); dropped")
+            return refuse(408, f"the upload did not arrive within {upload_timeout:g} s", close=True)
         except TooLarge as err:
             return refuse(413, str(err))
         except ValueError as err:  # decode's reasons: too small, truncated, not an image
@@ -109,7 +128,8 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
 
 def main(args: argparse.Namespace) -> int:
     import uvicorn
-    app = create_app(args.model, args.max_bytes, args.max_pixels, args.threads)
+    app = create_app(args.model, args.max_bytes, args.max_pixels, args.threads,
+                     upload_timeout=args.upload_timeout)
     print(f"agefuse-serve: http://{args.host}:{args.port}/ (POST /predict with an image; Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
