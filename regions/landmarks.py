@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from . import hog_pyramid
@@ -34,8 +37,6 @@ LANDMARKS = {
     # the frown area between the brows, where the vertical glabellar lines form
     "glabella": (21, 22, 27),
 }
-DETECTORS = ("hog", "cnn")
-
 Box = tuple[int, int, int, int]  # left, top, right, bottom, in pixels
 
 
@@ -80,37 +81,147 @@ def get_predictor(path: str | None = None):
     return dlib.shape_predictor(path)
 
 
+# A detector's find(image, upsample, threads) gives (box, score, five points or None) in its own
+# framing, from the image as its Detector.reads says.
+Found = tuple[tuple[float, float, float, float], float, "np.ndarray | None"]
+
+
+def _find_hog(image: np.ndarray, upsample: int, threads: int) -> list[Found]:
+    split = hog_pyramid.split_detector() if threads > 1 and upsample == 0 else None
+    if split is not None:
+        return [(box, score, None) for box, score in split.run(image)]
+    # run() also returns a confidence; plain __call__ would not
+    rects, scores, _ = _hog_detector().run(image, upsample)
+    return [(hog_pyramid.box_of(r), s, None) for r, s in zip(rects, scores)]
+
+
+def _find_cnn(image: np.ndarray, upsample: int, threads: int) -> list[Found]:
+    detections = _cnn_detector(str(model_file("mmod_human_face_detector.dat")))(image, upsample)
+    return [(hog_pyramid.box_of(d.rect), d.confidence, None) for d in detections]
+
+
+def _find_haar(image: np.ndarray, upsample: int, threads: int) -> list[Found]:
+    from . import haar
+    return [(box, score, None) for box, score in haar.detect(image, upsample)]
+
+
+def _find_mtcnn(image: np.ndarray, upsample: int, threads: int) -> list[Found]:
+    from . import mtcnn
+    return mtcnn.detect(image, mtcnn.MIN_FACE / 2 ** upsample)
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A face detector: ``find`` (above), what it reads (``rgb``, ``gray`` or ``any``: the image
+    as given, RGB or grayscale), and ``start``: how its box
+    becomes the box dlib's 68-point predictor starts from, (dx, dy, scale) of the box's side
+    (the HOG box's centre at the box's centre plus (dx, dy) sides, its side ``scale`` sides),
+    fitted against the HOG boxes of the same faces by ``tools/fit_detector_boxes.py``; None for
+    HOG itself, whose box is the framing every crop and model is made on."""
+    find: Callable[[np.ndarray, int, int], list[Found]]
+    reads: str
+    start: tuple[float, float, float] | None
+
+
+# The face detectors by name: every --detector's choices. A detector other than HOG gives its
+# faces in HOG's framing (``hog_framing``), so a model learned from HOG crops is served the same
+# crops through any of them.
+DETECTORS = {
+    # dlib's frontal HOG + linear SVM detector: fast, frontal faces of about 80 px and up
+    "hog": Detector(_find_hog, "any", start=None),
+    # dlib's MMOD CNN detector: slower, more robust to pose and light
+    "cnn": Detector(_find_cnn, "rgb", start=(0.0826, 0.1223, 1.0948)),
+    # OpenCV's Haar cascade (frontalface_default), run by our own evaluator (``haar``)
+    "haar": Detector(_find_haar, "gray", start=(0.0312, 0.0909, 1.0655)),
+    # MTCNN's three networks (``mtcnn``): faces from 20 px, turned ones too, and five points
+    "mtcnn": Detector(_find_mtcnn, "rgb", start=(0.0432, 0.0729, 0.9375)),
+}
+# Detectors that have a place here but no detector to run, and why (a name stays out of DETECTORS
+# until it can run offline).
+UNAVAILABLE = {"yolo": "no YOLO face weights ship in any package installable offline (yolov5-face, uniface, "
+                       "scrfd and mediapipe wheels checked)"}
+
+# The HOG box from the 68 landmarks: its centre at the points' centroid plus (dx, dy) and its
+# side ``side`` times their RMS distance from the centroid, (dx, dy) in that distance and turned
+# with the eyes' line (``tools/fit_detector_boxes.py`` fits them on UTKFace chips at random
+# scales, padded so that no HOG box is cut by the edge).
+LANDMARK_FRAMING = {"dx": 0.0165, "dy": -0.1092, "side": 2.7027}
+# HOG's boxes come in steps of its pyramid's 6/5, 180 * 1.2**k pixels a side (k whole, upsample 0):
+# a framed box takes the nearest, or a face between two steps would be framed between them
+HOG_SIDE, HOG_STEP = 180.0, 1.2
+
+
+def detector_of(name: str) -> Detector:
+    """The registry's detector ``name``; ``ValueError`` names the choices or why it is not offered."""
+    if name in UNAVAILABLE:
+        raise ValueError(f"detector {name!r} is not offered: {UNAVAILABLE[name]}")
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return DETECTORS[name]
+
+
+def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1
+                 ) -> list[tuple[Box, float, np.ndarray | None, np.ndarray | None]]:
+    """Faces of an RGB or grayscale uint8 image as ``(box, score, landmarks, points5)``,
+    largest first: ``box`` in HOG's framing (a detector other than HOG: ``hog_framing``),
+    ``landmarks`` the 68 points from which that box was framed (None for HOG, whose box comes
+    first), ``points5`` MTCNN's five points (None for the others). ``score`` is the detector's
+    own (HOG's and Haar's are margins, MMOD's a confidence, MTCNN's a probability).
+    ``upsample`` looks for faces that many halvings smaller; ``threads`` 2 or more shares HOG's
+    pyramid between two threads (``hog_pyramid``: the same faces and scores, box corners within
+    a pixel of rounding, in about 60% of the time)."""
+    spec = detector_of(detector)
+    image = np.ascontiguousarray(image)  # dlib silently finds nothing in a strided view
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    read = {"any": image, "gray": gray,
+            "rgb": image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)}[spec.reads]
+    height, width = image.shape[:2]
+    faces = []
+    for box, score, five in spec.find(read, upsample, threads):
+        points = None
+        if spec.start is not None:
+            box, points = hog_framing(gray, box, spec.start)
+        box = _clip(tuple(int(round(v)) for v in box), width, height)
+        if box[2] > box[0] and box[3] > box[1]:
+            faces.append((box, float(score), points, five))
+    return sorted(faces, key=lambda f: -(f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+
+
 def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1,
                    ) -> list[tuple[Box, float]]:
-    """Faces in an RGB or grayscale uint8 image as ``(box, score)``, largest first.
+    """Faces in an RGB or grayscale uint8 image as ``(box, score)``, largest first, every
+    detector's box in HOG's framing (``detect_faces``, whose options these are)."""
+    return [(box, score) for box, score, _, _ in detect_faces(image, detector, upsample, threads)]
 
-    ``hog`` is dlib's frontal HOG + linear SVM detector (fast, frontal faces);
-    ``cnn`` is dlib's MMOD CNN detector (slower, more robust to pose and light).
-    ``upsample`` enlarges the image that many times first, to find smaller faces.
-    ``threads`` 2 or more shares the HOG pyramid between two threads (``hog_pyramid``:
-    the same faces and scores, box corners within a pixel of rounding, in about 60% of
-    the time); for one photo at a time, as ``agefuse-predict`` sees them.
-    """
-    image = np.ascontiguousarray(image)  # dlib silently finds nothing in a strided view
-    if detector == "hog":
-        split = hog_pyramid.split_detector() if threads > 1 and upsample == 0 else None
-        if split is not None:
-            found = split.run(image)
-        else:
-            # run() also returns a confidence; plain __call__ would not
-            rects, scores, _ = _hog_detector().run(image, upsample)
-            found = [(hog_pyramid.box_of(r), s) for r, s in zip(rects, scores)]
-    elif detector == "cnn":
-        if image.ndim == 2:  # the MMOD network wants three channels
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        detections = _cnn_detector(str(model_file("mmod_human_face_detector.dat")))(image, upsample)
-        found = [(hog_pyramid.box_of(d.rect), d.confidence) for d in detections]
-    else:
-        raise ValueError(f"unknown detector {detector!r}; choose one of {DETECTORS}")
-    height, width = image.shape[:2]
-    boxes = [(_clip(box, width, height), float(s)) for box, s in found]
-    boxes = [(b, s) for b, s in boxes if b[2] > b[0] and b[3] > b[1]]
-    return sorted(boxes, key=lambda bs: -(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]))
+
+def hog_framing(gray: np.ndarray, box, start: tuple[float, float, float], rounds: int = 2
+                ) -> tuple[tuple[float, ...], np.ndarray]:
+    """A detector's ``box`` as dlib's HOG detector would frame the same face, and the 68
+    landmarks it was framed from: the predictor starts from ``box`` moved by ``start``, and
+    each round frames the landmarks (``landmark_box``) and runs the predictor in that box."""
+    left, top, right, bottom = box
+    side = (right - left + bottom - top) / 2
+    cx, cy = (left + right) / 2 + start[0] * side, (top + bottom) / 2 + start[1] * side
+    half = start[2] * side / 2
+    box = (cx - half, cy - half, cx + half, cy + half)
+    for _ in range(rounds):
+        points = face_landmarks(gray, box)
+        box = landmark_box(points)
+    return box, points
+
+
+def landmark_box(points: np.ndarray, framing: dict = LANDMARK_FRAMING) -> tuple[float, ...]:
+    """The HOG box of a face from its 68 landmarks (``LANDMARK_FRAMING``)."""
+    centre = points.mean(0)
+    scale = float(np.sqrt(((points - centre) ** 2).sum(1).mean()))
+    left, right = points[36:42].mean(0), points[42:48].mean(0)
+    angle = np.arctan2(right[1] - left[1], right[0] - left[0])
+    cos, sin = np.cos(angle), np.sin(angle)
+    dx, dy = framing["dx"] * scale, framing["dy"] * scale
+    cx, cy = centre[0] + cos * dx - sin * dy, centre[1] + sin * dx + cos * dy
+    side = HOG_SIDE * HOG_STEP ** round(np.log(framing["side"] * scale / HOG_SIDE) / np.log(HOG_STEP))
+    half = (side - 1) / 2  # dlib's right and bottom are inside the box
+    return (cx - half, cy - half, cx + half, cy + half)
 
 
 def face_landmarks(image: np.ndarray, box: Box, predictor_path: str | None = None) -> np.ndarray:

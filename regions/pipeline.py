@@ -184,27 +184,29 @@ def perceptual_hash(gray: np.ndarray) -> str:
 def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int | None = None,
            crops: tuple[str, ...] = crop.CROP_NAMES) -> tuple[list[dict], int]:
     """The faces of a BGR image, largest first, and how many the detector found: each a dict
-    of ``box``, ``score`` (None for the whole-image fallback), ``detector``, ``landmarks``,
-    and ``crops`` and ``matrices`` by region (BGR, from ``crop.face_crops``). ``limit``: crop
+    of ``box`` (in HOG's framing whatever the detector: ``landmarks.detect_faces``), ``score``
+    (None for the whole-image fallback), ``detector``, ``landmarks``, ``points5`` (MTCNN's five
+    points, else None), and ``crops`` and ``matrices`` by region (BGR, from ``crop.face_crops``). ``limit``: crop
     only that many faces; ``crops``: only these regions (``landmarks`` is None when none of
     them needs the 68 points). With ``settings.fallback``, an image with no detection is
     taken as one pre-cropped face."""
     height, width = image.shape[:2]
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    found = landmarks.face_locations(
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if settings.detector == "cnn" else gray,
-        settings.detector, settings.upsample, threads)
+    reads_rgb = landmarks.detector_of(settings.detector).reads == "rgb"
+    found = landmarks.detect_faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if reads_rgb else gray,
+                                   settings.detector, settings.upsample, threads)
     detector = settings.detector
     if not found and settings.fallback:
-        found = [(landmarks.whole_image_box(width, height, settings.fallback_inset), None)]
+        found = [(landmarks.whole_image_box(width, height, settings.fallback_inset), None, None, None)]
         detector = "whole-image"
     sizes = {name: tuple(size) for name, size in settings.sizes.items()}
     faces = []
-    for box, score in found[:limit]:
+    for box, score, _, five in found[:limit]:
+        # in HOG's box whatever the detector, so the landmarks are found as HOG's crops had them
         points = landmarks.face_landmarks(gray, box) if crop.needs_landmarks(crops) else None
         cut = crop.face_crops(image, box, points, sizes, crops)
         faces.append({"box": tuple(map(int, box)), "score": score, "detector": detector, "landmarks": points,
-                      "crops": {name: pixels for name, (pixels, _) in cut.items()},
+                      "points5": five, "crops": {name: pixels for name, (pixels, _) in cut.items()},
                       "matrices": {name: matrix for name, (_, matrix) in cut.items()}})
     return faces, 0 if detector == "whole-image" else len(found)
 
