@@ -20,6 +20,11 @@ command would not accept and a misspelt key is an error naming the file and the 
                                  # (with [fusion] cross-fit = true, instead of their full branch)
     [fusion]                     # agefuse-train-fusion options
     [joint]                      # optional: agefuse-train-joint options (branches and head fine-tuned together)
+    [distill]                    # optional: teacher = "other.toml" (a recipe, the path relative to this
+                                 # file), distill-weight = 0.5: the branches and head above are a student
+                                 # that learns the teacher's outputs beside the labels (agefuse-distill);
+                                 # a branch table's init = "teacher:NAME" starts it from the teacher's
+                                 # branch NAME (or NAME-foldIofK)
     [ablation]                   # optional: region = "...", and options for its variants
 
 ``agefuse-train FILE --source DIR --out OUT`` runs one (``agefuse.train``); a run writes the
@@ -34,7 +39,9 @@ from pathlib import Path
 import tomllib
 
 TOP_LEVEL = ("name", "seed", "device", "budget_minutes", "regions", "branch", "branches", "out-of-fold", "fusion",
-             "joint", "ablation", "description")
+             "joint", "ablation", "description", "distill")
+DISTILL_KEYS = ("teacher", "distill-weight")
+TEACHER_INIT = "teacher:"  # a branch's init = "teacher:NAME": the teacher run's branch NAME
 
 
 @dataclass
@@ -51,11 +58,14 @@ class Recipe:
     joint: dict = field(default_factory=dict)  # empty: no joint stage
     ablation: dict = field(default_factory=dict)
     description: str = ""
+    distill: dict = field(default_factory=dict)  # empty: not a student
+    teacher: Recipe | None = None  # the [distill] table's teacher, loaded
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "name": self.name, "seed": self.seed, "device": self.device,
                 "budget_minutes": self.budget_minutes, "regions": self.regions, "branches": self.branches,
-                "out_of_fold": self.out_of_fold, "fusion": self.fusion, "joint": self.joint, "ablation": self.ablation}
+                "out_of_fold": self.out_of_fold, "fusion": self.fusion, "joint": self.joint, "ablation": self.ablation,
+                "distill": self.distill, "teacher": self.teacher.to_json() if self.teacher else None}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -125,7 +135,7 @@ def load(path: str | Path) -> Recipe:
     def must_be_table(name: str, value) -> None:
         if not isinstance(value, dict):
             raise ValueError(f"{path}: [{name}] must be a table of options, not {type(value).__name__}")
-    for name in ("regions", "out-of-fold", "fusion", "joint", "ablation", "branch", "branches"):
+    for name in ("regions", "out-of-fold", "fusion", "joint", "ablation", "branch", "branches", "distill"):
         must_be_table(name, data.get(name, {}))
     for region, options in data["branches"].items():
         must_be_table(f"branches.{region}", options)
@@ -137,6 +147,7 @@ def load(path: str | Path) -> Recipe:
                     regions=dict(data.get("regions", {})), fusion=dict(data.get("fusion", {})),
                     joint=dict(data.get("joint", {})), out_of_fold=dict(data.get("out-of-fold", {})),
                     ablation=dict(data.get("ablation", {})), description=str(data.get("description", "")),
+                    distill=dict(data.get("distill", {})),
                     branches={region: {**data.get("branch", {}), **options}
                               for region, options in data["branches"].items()})
     parsers = _parsers()
@@ -164,6 +175,8 @@ def load(path: str | Path) -> Recipe:
         where = f"{path} [joint]"
         check(parsers["joint"], ["--cache", "C", "--fused", str(path), "--out", "O",
                                  *to_argv(parsers["joint"], recipe.joint, where)], where)
+    if recipe.distill:
+        recipe.teacher = load_teacher(recipe)
     if recipe.ablation:
         where = f"{path} [ablation]"
         region = recipe.ablation.get("region")
@@ -174,6 +187,39 @@ def load(path: str | Path) -> Recipe:
                                   *to_argv(parsers["branch"], with_crop(region, {**recipe.branches[region], **options}),
                                            where)], where)
     return recipe
+
+
+def load_teacher(recipe: Recipe) -> Recipe:
+    """The teacher recipe of ``recipe``'s [distill] table, checked, and every branch's
+    ``init = "teacher:NAME"`` checked to name one of its branch runs."""
+    where = f"{recipe.path} [distill]"
+    unknown = sorted(set(recipe.distill) - set(DISTILL_KEYS))
+    if unknown or "teacher" not in recipe.distill:
+        raise ValueError(f"{where}: holds teacher (a recipe file) and optionally distill-weight (0 to 1), "
+                         f"not {', '.join(unknown) or 'nothing'}")
+    weight = recipe.distill.get("distill-weight", 0.5)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise ValueError(f"{where}: distill-weight must be a number from 0 to 1, not {weight!r}")
+    teacher = load(recipe.path.parent / str(recipe.distill["teacher"]))
+    if recipe.regions and recipe.regions != teacher.regions:
+        raise ValueError(f"{where}: a student reads its teacher's cache: leave [regions] out (the teacher's is "
+                         f"{teacher.regions})")
+    if teacher.distill:
+        raise ValueError(f"{where}: the teacher {teacher.path} is a student itself: name the recipe it learns from")
+    runs = set(teacher_runs(teacher))
+    for name, options in recipe.branches.items():
+        init = str(options.get("init", ""))
+        if init.startswith(TEACHER_INIT) and init[len(TEACHER_INIT):] not in runs:
+            raise ValueError(f"{recipe.path} [branches.{name}]: init = {init!r} names no branch run of the teacher "
+                             f"({', '.join(sorted(runs))})")
+    return teacher
+
+
+def teacher_runs(recipe: Recipe) -> list[str]:
+    """The branch run folders a recipe's run makes: its branches' names, and NAME-foldIofK."""
+    folds = recipe.out_of_fold.get("folds", 0)
+    return [*recipe.branches, *(f"{name}-fold{i}of{folds}" for name in recipe.out_of_fold.get("regions", [])
+                                for i in range(1, folds + 1))]
 
 
 def with_crop(name: str, options: dict) -> dict:

@@ -30,13 +30,15 @@ from agefuse import recipe as recipes
 from agefuse.cli import HelpFormatter, existing_file, output_folder, run_command
 from agefuse.files import atomic_write
 
+TARGETS = "teacher-targets.npz"  # agefuse.branches.teacher.TARGETS, named here without importing torch
 # each stage's console script and the module that is its entry point (run with this Python,
 # so a recipe never depends on which agefuse is first on PATH)
 COMMANDS = {"regions": ("agefuse-regions", "agefuse.regions.cli"),
             "branch": ("agefuse-train-branch", "agefuse.branches.train"),
             "fusion": ("agefuse-train-fusion", "agefuse.fusion.train"),
             "joint": ("agefuse-train-joint", "agefuse.fusion.joint"),
-            "evaluate": ("agefuse-evaluate", "agefuse.fusion.evaluate")}
+            "evaluate": ("agefuse-evaluate", "agefuse.fusion.evaluate"),
+            "distill": ("agefuse-distill", "agefuse.fusion.distill")}
 LOG_TAIL = 15  # lines of a failed stage's log shown
 
 
@@ -51,6 +53,12 @@ class Stage:
     output: Path | None = None
     inputs: list[Path] = field(default_factory=list)
     resume_from: Path | None = None  # a checkpoint: when it exists, the stage runs with --resume
+    home: Layout | None = None  # the run whose stamps and logs it keeps (a teacher's stages: the teacher's)
+    role: str = ""  # said before its name: "teacher " for a student's teacher's stages
+
+    @property
+    def title(self) -> str:
+        return self.role + self.name
 
     def full_argv(self) -> list[str]:
         resume = self.resume_from is not None and self.resume_from.is_file()
@@ -70,12 +78,13 @@ class Stage:
 
 @dataclass
 class Layout:
-    """Where a recipe's run keeps each stage's files under OUT."""
+    """Where a recipe's run keeps each stage's files under OUT (a student: its teacher's cache)."""
     out: Path
+    shared_cache: Path | None = None
 
     @property
     def cache(self) -> Path:
-        return self.out / "cache"
+        return self.shared_cache or self.out / "cache"
 
     def branch(self, name: str) -> Path:
         return self.out / "branches" / name
@@ -90,6 +99,10 @@ class Layout:
     @property
     def joint(self) -> Path:
         return self.out / "joint" / "fused.pt"
+
+    @property
+    def targets(self) -> Path:
+        return self.out / "distill" / TARGETS
 
     @property
     def evaluation(self) -> Path:
@@ -115,16 +128,52 @@ def evaluate_stage(name: str, model: Path, layout: Layout, out: Path) -> Stage:
                                     "--out", str(out)], output=out / "evaluation.json", inputs=[model])
 
 
-def plan(recipe: recipes.Recipe, source: str, layout: Layout) -> list[Stage]:
-    """The recipe's stages in the order they run."""
+def final_model(recipe: recipes.Recipe, layout: Layout) -> Path:
+    return layout.joint if recipe.joint else layout.fused
+
+
+def teacher_plan(recipe: recipes.Recipe, source: str, layout: Layout, teacher: Layout) -> list[Stage]:
+    """A student's first stages: its teacher's run (in ``teacher``, its own stamps and logs:
+    a teacher run already made is resumed, not redone), then the teacher's targets."""
+    stages = plan(recipe.teacher, source, teacher)
+    for stage in stages:
+        stage.role, stage.home = "teacher ", teacher
+    model = final_model(recipe.teacher, teacher)
+    stages.append(Stage("teacher targets", "distill", ["--teacher", str(model), "--cache", str(teacher.cache),
+                                                       "--out", str(layout.targets.parent), "--device", recipe.device],
+                        output=layout.targets, inputs=[model]))
+    return stages
+
+
+def student_options(recipe: recipes.Recipe, layout: Layout, teacher: Layout, options: dict) -> dict:
+    """A student branch's (or head's) options: the teacher's targets and weight, and its
+    ``init = "teacher:NAME"`` as that branch's checkpoint in the teacher's run."""
+    init = str(options.get("init", ""))
+    if init.startswith(recipes.TEACHER_INIT):
+        options = {**options, "init": str(teacher.out / "branches" / init[len(recipes.TEACHER_INIT):] / "best.pt")}
+    return {**options, "teacher": str(layout.targets),
+            "distill-weight": recipe.distill.get("distill-weight", 0.5)}
+
+
+def plan(recipe: recipes.Recipe, source: str, layout: Layout, teacher_out: Path | None = None) -> list[Stage]:
+    """The recipe's stages in the order they run; a student's (a [distill] table) after its
+    teacher's, whose run is ``teacher_out`` (default OUT/teacher)."""
     seed, device = ["--seed", str(recipe.seed)], ["--device", recipe.device]
-    stages = [Stage("regions", "regions", [source, "--cache", str(layout.cache), *seed,
-                                            *recipes.stage_argv("regions", recipe.regions)])]
+    if recipe.distill:
+        teacher = Layout(Path(teacher_out) if teacher_out else layout.out / "teacher")
+        stages = teacher_plan(recipe, source, layout, teacher)
+        layout.shared_cache = teacher.cache
+        student = lambda options: student_options(recipe, layout, teacher, options)
+    else:
+        stages = [Stage("regions", "regions", [source, "--cache", str(layout.cache), *seed,
+                                                *recipes.stage_argv("regions", recipe.regions)])]
+        student = lambda options: options
 
     def branch(name: str, run: Path, options: dict) -> Stage:
         return Stage(f"branch {run.name}", "branch",
                      ["--cache", str(layout.cache), "--out", str(run), *seed, *device,
-                      *recipes.stage_argv("branch", recipes.with_crop(name, options))], resume_from=run / "last.pt")
+                      *recipes.stage_argv("branch", recipes.with_crop(name, student(options)))],
+                     resume_from=run / "last.pt")
 
     skipped = cross_fitted(recipe)
     stages += [branch(name, layout.branch(name), options) for name, options in recipe.branches.items()
@@ -141,9 +190,12 @@ def plan(recipe: recipes.Recipe, source: str, layout: Layout) -> list[Stage]:
     spec = ",".join(name if path is None else f"{name}={path}" for name, path in checkpoints.items())
     stages.append(Stage("fusion", "fusion", ["--cache", str(layout.cache), "--branches", spec,
                                              "--out", str(layout.fused.parent), *seed, *device,
-                                             *recipes.stage_argv("fusion", recipe.fusion), *out_of_fold],
-                        output=layout.fused, inputs=[p for p in checkpoints.values() if p] + fold_files))
+                                             *recipes.stage_argv("fusion", student(recipe.fusion)), *out_of_fold],
+                        output=layout.fused, inputs=[p for p in checkpoints.values() if p] + fold_files
+                        + ([layout.targets] if recipe.distill else [])))
     model = layout.fused
+    if recipe.joint and recipe.distill:
+        raise ValueError(f"{recipe.path}: a student has no [joint] stage (it would fine-tune without its teacher)")
     if recipe.joint:
         stages.append(Stage("joint", "joint", ["--cache", str(layout.cache), "--fused", str(layout.fused),
                                                "--out", str(layout.joint.parent), *seed, *device,
@@ -170,6 +222,7 @@ class StageFailed(RuntimeError):
 def run_stage(stage: Stage, layout: Layout) -> bool:
     """Runs ``stage`` unless the stamps of the stages already run (``OUT/stages.json``) say
     its output is current; True when it ran. A failure raises ``StageFailed``."""
+    layout = stage.home or layout
     done = json.loads(layout.stamps.read_text()) if layout.stamps.is_file() else {}
     if stage.output is not None and stage.output.is_file() and done.get(stage.name) == stage.stamp():
         return False
@@ -191,25 +244,25 @@ def run_stage(stage: Stage, layout: Layout) -> bool:
     return True
 
 
-def run_recipe(recipe: recipes.Recipe, source: str, out: Path, echo=print) -> dict:
+def run_recipe(recipe: recipes.Recipe, source: str, out: Path, echo=print, teacher_out: Path | None = None) -> dict:
     """Every stage of ``recipe`` into ``out`` (resuming what a previous run left): the run's
-    summary, also written to ``OUT/train.json``."""
+    summary, also written to ``OUT/train.json``. A student's teacher runs in ``teacher_out``."""
     layout = Layout(Path(out))
     layout.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(recipe.path, layout.out / "recipe.toml")
-    stages = plan(recipe, source, layout)
+    stages = plan(recipe, source, layout, teacher_out)
     echo(f"recipe {recipe.path} ({recipe.name}), seed {recipe.seed}, commit {git_commit()}, source {source}, "
          f"{len(stages)} stages")
     timings, started = {}, time.perf_counter()
     for number, stage in enumerate(stages, start=1):
-        echo(f"[{number}/{len(stages)}] {stage.name}: {stage.shown()}")
+        echo(f"[{number}/{len(stages)}] {stage.title}: {stage.shown()}")
         tick = time.perf_counter()
         ran = run_stage(stage, layout)
-        timings[stage.name] = time.perf_counter() - tick
-        echo(f"[{number}/{len(stages)}] {stage.name}: "
-             + (f"done in {timings[stage.name] / 60:.1f} min" if ran else "up to date, skipped"))
+        timings[stage.title] = time.perf_counter() - tick
+        echo(f"[{number}/{len(stages)}] {stage.title}: "
+             + (f"done in {timings[stage.title] / 60:.1f} min" if ran else "up to date, skipped"))
     timings["all stages"] = time.perf_counter() - started
-    model = layout.joint if recipe.joint else layout.fused
+    model = final_model(recipe, layout)
     evaluation = json.loads((layout.evaluation / "evaluation.json").read_text())["results"]
     summary = {"recipe": recipe.to_json(), "seed": recipe.seed, "commit": git_commit(), "source": str(source),
                "model": str(model), "timings_s": timings, "evaluation": str(layout.evaluation / "evaluation.md"),
@@ -229,6 +282,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=output_folder,
                         help="the run's folder: cache, branches, fused model, evaluation, logs; an existing one is "
                              "resumed")
+    parser.add_argument("--teacher-out", default=None, type=output_folder,
+                        help="a student recipe's (a [distill] table's) teacher run: made there, or resumed where an "
+                             "earlier agefuse-train of the teacher's recipe left it (default: OUT/teacher)")
     parser.add_argument("--seed", type=int, default=None, help="instead of the recipe's seed")
     parser.add_argument("--dry-run", action="store_true", help="print the stages' command lines, run nothing")
     return parser
@@ -241,15 +297,16 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.source).is_dir():
         raise ValueError(f"{args.source}: not a folder of photos")
     if args.dry_run:
-        for number, stage in enumerate(plan(recipe, args.source, Layout(Path(args.out))), start=1):
-            print(f"[{number}] {stage.name}: {stage.shown()}")
+        for number, stage in enumerate(plan(recipe, args.source, Layout(Path(args.out)), args.teacher_out), start=1):
+            print(f"[{number}] {stage.title}: {stage.shown()}")
         return 0
     if recipe.device.startswith("cuda"):
         import torch  # only here: the dry run and the option checks need no torch
         if not torch.cuda.is_available():
             raise ValueError(f"{recipe.path}: the {recipe.name} recipe needs a CUDA GPU and this machine has none; "
                              f"nothing was run (recipes/cpu-budget.toml runs on a CPU)")
-    summary = run_recipe(recipe, args.source, Path(args.out), echo=lambda line: print(line, flush=True))
+    summary = run_recipe(recipe, args.source, Path(args.out), echo=lambda line: print(line, flush=True),
+                         teacher_out=args.teacher_out)
     fused = summary["fused"]
     print(f"model {summary['model']}: validation MAE {fused['mae']:.2f}, CS@5 {100 * fused['cs5']:.1f}%, "
           f"gender {100 * fused['gender_accuracy']:.1f}%, 80% interval holds {100 * fused['interval_coverage']:.1f}%; "

@@ -46,6 +46,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_args_of, repair_
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
 from .model import EMBEDDING_DIM, FEATURE_SCALE, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
+from .teacher import DISTILL_WEIGHT, TeacherError, WithTeacher, distill_loss
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -72,6 +73,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="I/K: leave part I of the training split's K parts out (parts chosen by a hash of "
                              "the id), so that this branch's outputs on them are out of fold: what "
                              "agefuse-train-fusion --out-of-fold feeds the head in place of the full branch's")
+    parser.add_argument("--init", default=None, metavar="BRANCH.pt",
+                        help="start from this trained branch's weights (the same network, region aside: a "
+                             "teacher's own branch, say) instead of the backbone's shipped ones")
+    # distillation
+    parser.add_argument("--teacher", default=None, metavar="TARGETS.npz",
+                        help="a teacher's soft targets (agefuse-distill's teacher-targets.npz): the branch also "
+                             "learns the teacher's age distribution and gender probability on each training face")
+    parser.add_argument("--distill-weight", type=float_in(0, 1), default=DISTILL_WEIGHT,
+                        help="with --teacher: the teacher's share of the training loss (the labels keep the rest)")
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule
@@ -141,23 +151,42 @@ def parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]:
             {"params": [p for p in model.parameters() if id(p) not in ids], "peak": head_lr}]
 
 
+def start_from(model, path: str, model_args: dict) -> None:
+    """``model`` takes the weights of the trained branch at ``path``, which must be the same
+    network (its region and the faces it saw may differ)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"--init {path}: no branch checkpoint here")
+    state = load_checkpoint(path)
+    theirs, ours = state["model_args"], {**model_args}
+    differ = [f"{k} is {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+              if k not in ("region", "fold") and theirs.get(k) != v]
+    if differ:
+        raise CheckpointError(f"--init {path}: another network: " + ", ".join(differ))
+    model.load_state_dict(state["model"])
+
+
 # ---- one round, and the evaluation ----------------------------------------------------------
 
 def train_one_epoch(model, loader, optimizer, device, step: int, lr_fn, show: bool,
-                    description: str, gender_weight: float = GENDER_WEIGHT) -> tuple[dict, int]:
-    """One bootstrap round. Returns the round's statistics and the next step number."""
+                    description: str, gender_weight: float = GENDER_WEIGHT,
+                    distill_weight: float = 0.0) -> tuple[dict, int]:
+    """One bootstrap round. Returns the round's statistics and the next step number. A loader
+    of ``WithTeacher`` samples adds the teacher's term, ``distill_weight`` of the loss."""
     model.train()
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     sums, count, start = {"loss": 0.0, "age_l1": 0.0, "gender_correct": 0.0, "gender_known": 0}, 0, time.perf_counter()
     bar = tqdm(loader, desc=description, unit="batch", disable=None if show else True, leave=False,
                dynamic_ncols=True)
-    for images, age, gender, _, age_range in bar:
+    for images, age, gender, _, age_range, *teacher in bar:
         for group, lr in zip(optimizer.param_groups, lr_fn(step)):
             group["lr"] = lr
         images, age, gender = images.to(device, non_blocking=True), age.to(device), gender.to(device)
         with amp:
             out = model(images)
         loss, parts = branch_loss(out, age, gender, age_range=age_range.to(device), gender_weight=gender_weight)
+        if teacher:
+            loss = (1 - distill_weight) * loss + distill_weight * distill_loss(
+                out, *(t.to(device) for t in teacher), gender_weight=gender_weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -217,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
     pipeline = augment.build_pipeline(args.region, args.aug, seed=args.seed)
     train_set = RegionDataset(args.cache, args.region, "train", args.image_size, pipeline, fold=args.fold)
     val_set = RegionDataset(args.cache, args.region, "val", args.image_size, None)
+    if args.teacher:
+        train_set = WithTeacher(train_set, args.teacher, args.max_age + 1)
     if is_main:  # only now: a bad cache or augmentation file leaves no run folder behind
         out.mkdir(parents=True, exist_ok=True)
     sampler = RebalancedBootstrapSampler(train_set.groups, args.alpha, args.seed,
@@ -227,11 +258,17 @@ def main(args: argparse.Namespace) -> int:
     log(f"region {args.region}: {len(train_set)} training and {len(val_set)} validation crops "
         f"from {args.cache}{f' (part {args.fold[0]} of {args.fold[1]} left out)' if args.fold else ''}; "
         f"{world} process(es) on {device}")
+    if args.teacher:
+        log(f"teacher {args.teacher}: {args.distill_weight:g} of the loss"
+            + (f"; {train_set.missing} training face(s) it lacks learn from their labels alone"
+               if train_set.missing else ""))
 
     # model, optimiser, stop rule
     torch.manual_seed(args.seed)  # the initial weights
     model = create_model(args.model, max_age=args.max_age, embedding_dim=args.embedding_dim,
                          pretrained=args.pretrained, weights=args.weights, feature_scale=args.feature_scale).to(device)
+    if args.init and not args.resume:
+        start_from(model, args.init, model_args_of(args))
     groups = parameter_groups(model, args.lr, args.head_lr)
     peaks = [group["peak"] for group in groups]  # this run's, whatever a resumed checkpoint's groups say
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
@@ -274,7 +311,8 @@ def main(args: argparse.Namespace) -> int:
             train_set.reseed(round_seed)
         try:
             stats, _ = train_one_epoch(model, loader, optimizer, device, round_index * steps_per_round,
-                                       lr_fn, is_main, f"round {round_index}", args.gender_weight)
+                                       lr_fn, is_main, f"round {round_index}", args.gender_weight,
+                                       args.distill_weight)
         except FloatingPointError as err:
             last = f"{out / 'last.pt'} (round {round_index - 1})" if round_index else "none yet"
             print(f"error: {err}; stopping. The last good checkpoint is {last}", file=sys.stderr)
@@ -316,7 +354,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    return run_command(get_args_parser, main, (CacheError, CheckpointError))
+    return run_command(get_args_parser, main, (CacheError, CheckpointError, TeacherError))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import torch
 
 from agefuse.bootstrap import group_weights
 from agefuse.branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
+from agefuse.branches.teacher import DISTILL_WEIGHT, TeacherError, distill_loss, targets_for
 from agefuse.cli import (
     HelpFormatter,
     device_name,
@@ -60,6 +61,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="with --out-of-fold: the saved model scores each such region by the mean of its "
                              "fold branches, which stand in for the full branch, so none need be trained (name "
                              "the region in --branches alone; no RUNS/REGION/best.pt is read)")
+    parser.add_argument("--teacher", default=None, metavar="TARGETS.npz",
+                        help="a teacher's soft targets (agefuse-distill): the head also learns the teacher's age "
+                             "distribution and gender probability on each training face (a student's head)")
+    parser.add_argument("--distill-weight", type=float_in(0, 1), default=DISTILL_WEIGHT,
+                        help="with --teacher: the teacher's share of the head's training loss")
     parser.add_argument("--epochs", type=int_at_least(1), default=40, help="passes over the training faces")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="faces per step")
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
@@ -135,11 +141,15 @@ def tensors(data: dict, device) -> tuple[torch.Tensor, ...]:
 
 
 def head_loss(model: FusedModel, features, present, age, gender, age_range,
-              gender_weight: float = GENDER_WEIGHT, parts: bool = False):
-    """The head's loss; with ``parts``, also its age and gender terms (the weighted gender's)."""
+              gender_weight: float = GENDER_WEIGHT, parts: bool = False, teacher=None, distill_weight: float = 0.0):
+    """The head's loss; with ``parts``, also its age and gender terms (the weighted gender's).
+    ``teacher``: (age distribution, probability of female, known) per face, ``distill_weight``
+    of the loss (training only: epochs are chosen by the labels)."""
     logits, gender_logit = model.head(head_input(features, present))
     out = {AGE_LOGITS: logits, AGE: (logits.softmax(1) * model.ages).sum(1), GENDER_LOGIT: gender_logit}
     total, terms = branch_loss(out, age, gender, age_range=age_range, gender_weight=gender_weight)
+    if teacher is not None:
+        total = (1 - distill_weight) * total + distill_weight * distill_loss(out, *teacher, gender_weight=gender_weight)
     if not parts:
         return total
     weighted_gender = gender_weight * terms["gender_bce"]
@@ -226,6 +236,8 @@ def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Names
                  log) -> BestEpochs:
     features, present, age, gender, age_range = tensors(train, device)
     val_tensors = tensors(val, device)
+    teacher = (None if not args.teacher else
+               tuple(t.to(device) for t in targets_for(args.teacher, train["id"], len(model.ages))))
     # the head's dropout draws from torch's global stream: seeded here, its masks do not depend
     # on what ran before (fold branches' features computed now, or read from the cache)
     torch.manual_seed(args.seed)
@@ -243,7 +255,9 @@ def fit_one_head(model: FusedModel, train: dict, val: dict, args: argparse.Names
             index = order[start:start + batch_size].to(device)
             keep = torch.rand(len(index), len(model.regions), generator=generator).to(device) >= args.branch_dropout
             loss = head_loss(model, features[index], present[index] & keep, age[index], gender[index],
-                             age_range[index], args.gender_weight)
+                             age_range[index], args.gender_weight,
+                             teacher=None if teacher is None else tuple(t[index] for t in teacher),
+                             distill_weight=args.distill_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -337,7 +351,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run() -> int:
-    return run_command(get_args_parser, main, (CheckpointError,))
+    return run_command(get_args_parser, main, (CheckpointError, TeacherError))
 
 
 if __name__ == "__main__":
