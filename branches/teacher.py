@@ -22,6 +22,17 @@ FIELDS = ("id", "split", "age_probabilities", "female", "out_of_fold")
 DISTILL_WEIGHT = 0.5  # the teacher's share of the loss; the labels keep the rest
 
 
+def add_teacher_options(parser, learner: str) -> None:
+    """``--teacher`` and ``--distill-weight``, as the branch and fusion commands both take them."""
+    from agefuse.cli import float_in
+    parser.add_argument("--teacher", default=None, metavar="TARGETS.npz",
+                        help=f"a teacher's soft targets (agefuse-distill's {TARGETS}): the {learner} also learns "
+                             "the teacher's age distribution and gender probability on each training face")
+    parser.add_argument("--distill-weight", type=float_in(0, 1), default=DISTILL_WEIGHT,
+                        help=f"with --teacher: the teacher's share of the {learner}'s training loss (the labels "
+                             "keep the rest)")
+
+
 class TeacherError(ValueError):
     """A teacher-targets file that cannot serve these faces; the message names it."""
 

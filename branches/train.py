@@ -46,7 +46,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_args_of, repair_
 from .data import BRANCH_REGIONS, CacheError, RegionDataset
 from .metrics import age_metrics, plot_learning_curve
 from .model import EMBEDDING_DIM, FEATURE_SCALE, GENDER_WEIGHT, MAX_AGE, branch_loss, create_model, model_names
-from .teacher import DISTILL_WEIGHT, TeacherError, WithTeacher, distill_loss
+from .teacher import TeacherError, WithTeacher, add_teacher_options, distill_loss
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -76,12 +76,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--init", default=None, metavar="BRANCH.pt",
                         help="start from this trained branch's weights (the same network, region aside: a "
                              "teacher's own branch, say) instead of the backbone's shipped ones")
-    # distillation
-    parser.add_argument("--teacher", default=None, metavar="TARGETS.npz",
-                        help="a teacher's soft targets (agefuse-distill's teacher-targets.npz): the branch also "
-                             "learns the teacher's age distribution and gender probability on each training face")
-    parser.add_argument("--distill-weight", type=float_in(0, 1), default=DISTILL_WEIGHT,
-                        help="with --teacher: the teacher's share of the training loss (the labels keep the rest)")
+    add_teacher_options(parser, "branch")
     parser.add_argument("--aug", default="default",
                         help="augmentation: none, default (branches/augment/default.json) or a .json")
     # the bootstrap and the stop rule

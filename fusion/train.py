@@ -25,7 +25,7 @@ import torch
 
 from agefuse.bootstrap import group_weights
 from agefuse.branches import AGE, AGE_LOGITS, GENDER_LOGIT, GENDER_WEIGHT, CheckpointError, branch_loss, load_branch
-from agefuse.branches.teacher import DISTILL_WEIGHT, TeacherError, distill_loss, targets_for
+from agefuse.branches.teacher import TeacherError, add_teacher_options, distill_loss, targets_for
 from agefuse.cli import (
     HelpFormatter,
     device_name,
@@ -61,11 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="with --out-of-fold: the saved model scores each such region by the mean of its "
                              "fold branches, which stand in for the full branch, so none need be trained (name "
                              "the region in --branches alone; no RUNS/REGION/best.pt is read)")
-    parser.add_argument("--teacher", default=None, metavar="TARGETS.npz",
-                        help="a teacher's soft targets (agefuse-distill): the head also learns the teacher's age "
-                             "distribution and gender probability on each training face (a student's head)")
-    parser.add_argument("--distill-weight", type=float_in(0, 1), default=DISTILL_WEIGHT,
-                        help="with --teacher: the teacher's share of the head's training loss")
+    add_teacher_options(parser, "head")
     parser.add_argument("--epochs", type=int_at_least(1), default=40, help="passes over the training faces")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="faces per step")
     parser.add_argument("--lr", type=float_in(0, 10, low_open=True), default=1e-3, help="AdamW learning rate")
