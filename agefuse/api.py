@@ -59,15 +59,16 @@ class Estimator:
     """A fused model and how faces are found for it; the model loads on first use.
 
     ``model``: a ``fused.pt`` (default: the UTKFace model installed with agefuse);
-    ``detector``/``upsample``: as ``agefuse-predict`` (default: as the model's training cache);
+    ``detector``/``upsample``/``framing``: as ``agefuse-predict`` (default: as the model's training cache);
     ``whole_image_fallback``: an image with no detected face is taken as one cropped face;
     ``threads``: CPU cores (branches side by side, the detection shared between two); more
     than one sets torch's thread count, which is one for the whole process, so the default
     leaves it alone."""
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu", detector: str | None = None,
-                 upsample: int | None = None, whole_image_fallback: bool = False, threads: int = 1):
-        self.path, self.device = model, device
+                 upsample: int | None = None, whole_image_fallback: bool = False, threads: int = 1,
+                 framing: str | None = None):
+        self.path, self.device, self.framing = model, device, framing
         self.detector, self.upsample, self.fallback, self.threads = detector, upsample, whole_image_fallback, threads
         self._model = self._pool = self._settings = None
 
@@ -78,8 +79,8 @@ class Estimator:
             self._model, _ = load_fused(self.path, self.device)
             # an Estimator is for many faces: traced branches run a photo's few faces faster
             # (no Python between ops, no turns at the GIL), as agefuse-predict runs them
-            self._model.trace_branches()
-            self._settings = crop_settings(self._model, self.detector, self.upsample, self.fallback)
+            self._model.trace()
+            self._settings = crop_settings(self._model, self.detector, self.upsample, self.fallback, self.framing)
             self._pool = branch_pool(self._model, self.threads) if self.threads > 1 else None
         return self._model
 

@@ -1,7 +1,7 @@
 """Face detection per detector: recall, false detections and time per photo, on photos made
 from the sample faces, and the installed model's age MAE through each detector.
 
-    python bench/detection.py [--faces 6] [--detectors hog,cnn,haar,mtcnn] [--model fused.pt]
+    python bench/detection.py [--faces 6] [--detectors hog,cnn,haar,mtcnn] [--model fused.pt] [--framing landmarks]
 
 Each condition pastes ``--faces`` sample chips (seeded), one per 480x360 photo, at a random
 place: at face sizes down to 24 px, turned in the image plane, turned away (a perspective warp
@@ -27,7 +27,7 @@ import numpy as np
 from common import SAMPLE
 
 from agefuse.fusion import DEFAULT_MODEL, crop_settings, estimate, find_faces, load_fused
-from agefuse.regions import DETECTORS
+from agefuse.regions import DETECTORS, FRAMINGS
 
 PHOTO = (480, 360)
 CORNER = 32   # px of a 200-px chip's corner: beyond the face in most chips
@@ -137,7 +137,7 @@ def main(args) -> None:
     results = {d: {} for d in detectors}   # detector -> condition -> (found, faces, false, ms)
     errors = {d: {} for d in detectors}    # detector -> (condition, photo) -> |age error|
     for detector in detectors:
-        settings = crop_settings(model, detector, upsample=0)
+        settings = crop_settings(model, detector, upsample=0, framing=args.framing)
         for name, shots in made.items():
             found_n, faces_n, false_n, times = 0, 0, 0, []
             for p, (photo, truth) in enumerate(shots):
@@ -178,5 +178,7 @@ if __name__ == "__main__":
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="fused.pt (default: the installed model)")
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--faces", type=int, default=6, help="one-face photos per condition")
+    parser.add_argument("--framing", choices=FRAMINGS, default="hog",
+                        help="how each face's box is made (landmarks: every detector's from the 68 landmarks)")
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
-from agefuse.regions import DETECTORS, build_cache, manifest
+from agefuse.regions import DETECTORS, FRAMING_HELP, FRAMINGS, build_cache, manifest
 
 from .features import extract
 from .groups import DEFAULT_GROUPS, Group, group_probabilities, group_report, parse_groups
@@ -50,6 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--upsample", type=int_at_least(0), default=None,
                         help="with --images: enlarge each photo this many times before detection (1 finds faces "
                              "down to about 40 px; default: as the model's training cache)")
+    parser.add_argument("--framing", default=None, choices=FRAMINGS, help="with --images: " + FRAMING_HELP)
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
                         help="a face the detector misses is never evaluated, not even in a chip-like image (small "
                              "and square: the face fills it), which is otherwise scored from the whole image; a "
@@ -67,11 +68,12 @@ def prepare_folder(args, model, out: Path) -> Path:
     """Run the regions stage on a plain folder, finding and cropping faces as the cache the
     model learned from did (its detector, upsampling, fallback box and crop sizes), so the
     branches see what agefuse-predict would give them."""
-    settings = crop_settings(model, args.detector, args.upsample, fallback=args.fallback)
+    settings = crop_settings(model, args.detector, args.upsample, fallback=args.fallback, framing=args.framing)
     cache = out / "cache"
     # lossless crops: the faces are scored from exactly the pixels agefuse-predict would cut
     argv = [args.images, "--cache", str(cache), "--workers", str(args.workers), "--detector", settings.detector,
-            "--upsample", str(settings.upsample), "--fallback-inset", str(settings.fallback_inset), "--ext", "png"]
+            "--upsample", str(settings.upsample), "--framing", settings.framing,
+            "--fallback-inset", str(settings.fallback_inset), "--ext", "png"]
     for region, (width, height) in settings.sizes.items():
         argv += [f"--{region.replace('_', '-')}-size", f"{width}x{height}"]
     if args.labels:

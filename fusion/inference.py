@@ -46,15 +46,15 @@ def estimate(model: FusedModel, faces: list[dict], pool: ThreadPoolExecutor | No
 
 
 def crop_settings(model: FusedModel, detector: str | None = None, upsample: int | None = None,
-                  fallback: bool = False) -> Settings:
+                  fallback: bool = False, framing: str | None = None) -> Settings:
     """How to find and crop faces for ``model``: as the cache it learned from did (its crop
-    sizes and framing), with the detector, upsampling and whole-image fallback asked here."""
-    asked = {"detector": detector, "upsample": upsample}
+    sizes and framing), with the detector, upsampling, whole-image fallback and framing asked here."""
+    asked = {"detector": detector, "upsample": upsample, "framing": framing}
     return replace(model.crop_settings, fallback=fallback, **{k: v for k, v in asked.items() if v is not None})
 
 
 # the settings that change a crop's pixels (ext, age groups and the split do not)
-CROP_FIELDS = ("detector", "upsample", "fallback_inset")
+CROP_FIELDS = ("detector", "upsample", "framing", "fallback_inset")
 
 
 def check_cache_fits(model: FusedModel, cache, model_name: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, checked, existing_file, int_at_least, json_text, output_folder, run_command
-from agefuse.regions import DETECTORS, IMAGE_SUFFIXES, decode, read_image_file
+from agefuse.regions import DETECTORS, FRAMING_HELP, FRAMINGS, IMAGE_SUFFIXES, decode, read_image_file
 
 from .groups import DEFAULT_GROUPS, parse_groups
 from .inference import branch_pool, crop_settings, draw_labelled_box, predict_faces
@@ -50,6 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="enlarge the photo this many times before detection: 1 finds faces down "
                              "to about 40 px instead of 80, at about twice the detection time "
                              "(default: as the model's training cache)")
+    parser.add_argument("--framing", default=None, choices=FRAMINGS, help=FRAMING_HELP)
     parser.add_argument("--whole-image-fallback", action="store_true",
                         help="a photo with no detected face is taken as one already-cropped face")
     parser.add_argument("--no-annotate", dest="annotate", action="store_false",
@@ -128,8 +129,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{item}: no image files here", file=sys.stderr)
     model, pool = load_engine(args.model, args.engine, args.threads)
     if args.engine == "torch" and (args.trace == "yes" or args.trace == "auto" and len(photos) >= TRACE_FROM):
-        model.trace_branches()
-    settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback)
+        model.trace()
+    settings = crop_settings(model, args.detector, args.upsample, args.whole_image_fallback, args.framing)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures, faceless = len(unmatched), 0

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from agefuse.cli import HelpFormatter, existing_file, float_in, int_at_least, run_command
-from agefuse.regions import DETECTORS
+from agefuse.regions import DETECTORS, FRAMING_HELP, FRAMINGS
 
 PAGE = Path(__file__).parent / "serve.html"
 UPLOAD_TIMEOUT = 30.0  # seconds: a 20 MB photo over a slow phone link, not a connection held open for ever
@@ -43,12 +43,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "connection closed")
     parser.add_argument("--detector", default=None, choices=DETECTORS,
                         help="face detector (default: the one the model's training cache used)")
+    parser.add_argument("--framing", default=None, choices=FRAMINGS, help=FRAMING_HELP)
     return parser
 
 
 def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000,
                threads: int = 2, detector: "str | None" = None,
-               upload_timeout: float = UPLOAD_TIMEOUT):
+               upload_timeout: float = UPLOAD_TIMEOUT, framing: "str | None" = None):
     """The FastAPI application, with the model loaded (once, here)."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
@@ -61,8 +62,8 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
     from .model import load_fused
 
     model, _ = load_fused(model_path)
-    model.trace_branches()
-    pool, settings = branch_pool(model, threads), crop_settings(model, detector)
+    model.trace()
+    pool, settings = branch_pool(model, threads), crop_settings(model, detector, framing=framing)
     busy = threading.Lock()  # one estimate at a time: the branches already use every core given
     app = FastAPI(title="agefuse", description="Age and gender of every face in a photo.")
 
@@ -132,7 +133,7 @@ def create_app(model_path: "str | None" = None, max_bytes: int = 20 * 2**20, max
 def main(args: argparse.Namespace) -> int:
     import uvicorn
     app = create_app(args.model, args.max_bytes, args.max_pixels, args.threads, args.detector,
-                     upload_timeout=args.upload_timeout)
+                     upload_timeout=args.upload_timeout, framing=args.framing)
     print(f"agefuse-serve: http://{args.host}:{args.port}/ (POST /predict with an image; Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -8,7 +8,8 @@ Writes: ``CACHE/<age_group>/<region>/<id>.<ext>``, ``CACHE/manifest.jsonl`` and
 
 Offers to the later stages:
 - ``manifest``: the manifest's schema and readers (``manifest.load(cache)``);
-- ``REGIONS`` (the crop registry), ``DETECTORS`` (the detector registry);
+- ``REGIONS`` (the crop registry), ``DETECTORS`` (the detector registry), ``FRAMINGS`` (how
+  a face's box is made from a detector's: the choices of every --framing);
 - ``Settings`` (how a cache finds and crops faces) and ``read_settings(cache)``;
 - ``faces_in(image, settings)``: every face of a photo with the crops a cache made with
   ``settings`` would hold (``face_crops`` is the one definition of those crops);
@@ -21,7 +22,7 @@ Offers to the later stages:
 from . import manifest
 from .crop import ORIGINAL, REGIONS, face_crops, parse_size
 from .labels import IMAGE_SUFFIXES
-from .landmarks import DETECTORS, face_locations
+from .landmarks import DETECTORS, FRAMING_HELP, FRAMINGS, face_locations
 from .pipeline import Settings, TooLarge, check_pixels, decode, faces_in, read_image_file, read_settings
 
 
@@ -46,6 +47,7 @@ def build_cache(argv: list[str]) -> int:
     return main(regions_parser().parse_args(argv))
 
 
-__all__ = ["DETECTORS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge", "build_cache", "check_pixels",
+__all__ = ["DETECTORS", "FRAMING_HELP", "FRAMINGS", "IMAGE_SUFFIXES", "ORIGINAL", "REGIONS", "Settings", "TooLarge",
+           "build_cache", "check_pixels",
            "decode", "face_crops", "face_locations", "faces_in", "manifest", "near_duplicates", "parse_size",
            "read_image_file", "read_settings", "regions_parser"]

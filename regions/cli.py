@@ -34,7 +34,7 @@ from agefuse.cli import (
 from agefuse.files import atomic_write, write_error
 
 from . import crop, labels, manifest
-from .landmarks import DETECTORS
+from .landmarks import DETECTORS, FRAMINGS
 from .pipeline import (
     ENCODINGS,
     Settings,
@@ -59,7 +59,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="auto: the CSV when --labels is given, else UTKFace names, else label-free (a "
                              "cache for prediction and audit: no age groups, no split); none: label-free")
     parser.add_argument("--detector", choices=DETECTORS, default=Settings.detector,
-                        help="dlib HOG (fast) or dlib's MMOD CNN (robust to pose and light)")
+                        help="hog: dlib's HOG (fast, frontal faces); cnn: dlib's MMOD CNN (pose and light); haar: "
+                             "OpenCV's Haar cascade; mtcnn: MTCNN (small and turned faces). README: which when")
+    parser.add_argument("--framing", choices=FRAMINGS, default=Settings.framing,
+                        help="hog: every crop framed on HOG's own box (another detector's mapped to it), as "
+                             "caches were made before this option; landmarks: on a box framed from the 68 "
+                             "landmarks whatever the detector, so every detector gives the same crops")
     parser.add_argument("--upsample", type=int_at_least(0), default=Settings.upsample,
                         help="times to enlarge the image before detection (finds smaller faces)")
     parser.add_argument("--no-fallback", dest="fallback", action="store_false",
@@ -94,7 +99,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     manifest.parse_age_groups(args.age_groups)  # fail early on a bad definition
     sizes = {name: getattr(args, f"{name}_size") for name in crop.CROP_NAMES}
-    return Settings(detector=args.detector, upsample=args.upsample, fallback=args.fallback,
+    return Settings(detector=args.detector, upsample=args.upsample, framing=args.framing, fallback=args.fallback,
                     fallback_inset=args.fallback_inset, sizes=sizes, ext=args.ext,
                     age_groups=args.age_groups, split=tuple(args.split), seed=args.seed)
 

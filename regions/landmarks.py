@@ -147,8 +147,24 @@ UNAVAILABLE = {"yolo": "no YOLO face weights ship in any package installable off
 # scales, padded so that no HOG box is cut by the edge).
 LANDMARK_FRAMING = {"dx": 0.0165, "dy": -0.1092, "side": 2.7027}
 # HOG's boxes come in steps of its pyramid's 6/5, 180 * 1.2**k pixels a side (k whole, upsample 0):
-# a framed box takes the nearest, or a face between two steps would be framed between them
+# in the "hog" framing a framed box takes the nearest, as HOG's own would
 HOG_SIDE, HOG_STEP = 180.0, 1.2
+# How a face's box, which every crop is framed on, is made (Settings.framing). HOG's own box
+# also moves with where the face sits on its 8-px cell grid and with its side's steps: the same
+# face shifted by a few pixels can be boxed 30 px apart, so no other detector's box can follow
+# it closer than that.
+FRAMINGS = {
+    # HOG's own box; another detector's box framed like it through the 68 landmarks (its side in
+    # HOG's steps): what every cache and model was made with before "landmarks"
+    "hog": "HOG's own box; another detector's mapped to it",
+    # every detector's box, HOG's too, through the 68 landmarks, its side as the landmarks give
+    # it: the same crops whatever the detector (within a pixel on the sample faces)
+    "landmarks": "every detector's box, HOG's too, framed from the 68 landmarks",
+}
+# the --framing option of the commands that find faces for a model (predict, evaluate, watch, serve)
+FRAMING_HELP = ("how a face's box is made: hog (HOG's own; another detector's mapped to it) or landmarks (from "
+                "the 68 landmarks whatever the detector: the same crops from every detector); default: as the "
+                "model's training cache")
 
 
 def detector_of(name: str) -> Detector:
@@ -160,17 +176,19 @@ def detector_of(name: str) -> Detector:
     return DETECTORS[name]
 
 
-def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1
-                 ) -> list[tuple[Box, float, np.ndarray | None, np.ndarray | None]]:
+def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1,
+                 framing: str = "hog") -> list[tuple[Box, float, np.ndarray | None, np.ndarray | None]]:
     """Faces of an RGB or grayscale uint8 image as ``(box, score, landmarks, points5)``,
-    largest first: ``box`` in HOG's framing (a detector other than HOG: ``hog_framing``),
-    ``landmarks`` the 68 points from which that box was framed (None for HOG, whose box comes
-    first), ``points5`` MTCNN's five points (None for the others). ``score`` is the detector's
+    largest first: ``box`` in HOG's framing (``FRAMINGS``; a detector other than HOG, or the
+    "landmarks" framing: ``hog_framing``), ``landmarks`` the 68 points from which that box was
+    framed (None for HOG's own box), ``points5`` MTCNN's five points (None for the others). ``score`` is the detector's
     own (HOG's and Haar's are margins, MMOD's a confidence, MTCNN's a probability).
     ``upsample`` looks for faces that many halvings smaller; ``threads`` 2 or more shares HOG's
     pyramid between two threads (``hog_pyramid``: the same faces and scores, box corners within
     a pixel of rounding, in about 60% of the time)."""
     spec = detector_of(detector)
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; choose one of {', '.join(FRAMINGS)}")
     image = np.ascontiguousarray(image)  # dlib silently finds nothing in a strided view
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     read = {"any": image, "gray": gray,
@@ -179,8 +197,8 @@ def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 0, th
     faces = []
     for box, score, five in spec.find(read, upsample, threads):
         points = None
-        if spec.start is not None:
-            box, points = hog_framing(gray, box, spec.start)
+        if spec.start is not None or framing == "landmarks":
+            box, points = hog_framing(gray, box, spec.start or (0.0, 0.0, 1.0), hog_steps=framing == "hog")
         box = _clip(tuple(int(round(v)) for v in box), width, height)
         if box[2] > box[0] and box[3] > box[1]:
             faces.append((box, float(score), points, five))
@@ -188,17 +206,18 @@ def detect_faces(image: np.ndarray, detector: str = "hog", upsample: int = 0, th
 
 
 def face_locations(image: np.ndarray, detector: str = "hog", upsample: int = 0, threads: int = 1,
-                   ) -> list[tuple[Box, float]]:
+                   framing: str = "hog") -> list[tuple[Box, float]]:
     """Faces in an RGB or grayscale uint8 image as ``(box, score)``, largest first, every
     detector's box in HOG's framing (``detect_faces``, whose options these are)."""
-    return [(box, score) for box, score, _, _ in detect_faces(image, detector, upsample, threads)]
+    return [(box, score) for box, score, _, _ in detect_faces(image, detector, upsample, threads, framing)]
 
 
-def hog_framing(gray: np.ndarray, box, start: tuple[float, float, float], rounds: int = 2
-                ) -> tuple[tuple[float, ...], np.ndarray]:
+def hog_framing(gray: np.ndarray, box, start: tuple[float, float, float], rounds: int = 2,
+                hog_steps: bool = True) -> tuple[tuple[float, ...], np.ndarray]:
     """A detector's ``box`` as dlib's HOG detector would frame the same face, and the 68
     landmarks it was framed from: the predictor starts from ``box`` moved by ``start``, and
-    each round frames the landmarks (``landmark_box``) and runs the predictor in that box."""
+    each round frames the landmarks (``landmark_box``, ``hog_steps`` as there) and runs the
+    predictor in that box."""
     left, top, right, bottom = box
     side = (right - left + bottom - top) / 2
     cx, cy = (left + right) / 2 + start[0] * side, (top + bottom) / 2 + start[1] * side
@@ -206,12 +225,13 @@ def hog_framing(gray: np.ndarray, box, start: tuple[float, float, float], rounds
     box = (cx - half, cy - half, cx + half, cy + half)
     for _ in range(rounds):
         points = face_landmarks(gray, box)
-        box = landmark_box(points)
+        box = landmark_box(points, hog_steps=hog_steps)
     return box, points
 
 
-def landmark_box(points: np.ndarray, framing: dict = LANDMARK_FRAMING) -> tuple[float, ...]:
-    """The HOG box of a face from its 68 landmarks (``LANDMARK_FRAMING``)."""
+def landmark_box(points: np.ndarray, framing: dict = LANDMARK_FRAMING, hog_steps: bool = True) -> tuple[float, ...]:
+    """The HOG box of a face from its 68 landmarks (``LANDMARK_FRAMING``), its side the nearest
+    of HOG's steps (``hog_steps``) or as the landmarks give it."""
     centre = points.mean(0)
     scale = float(np.sqrt(((points - centre) ** 2).sum(1).mean()))
     left, right = points[36:42].mean(0), points[42:48].mean(0)
@@ -219,7 +239,9 @@ def landmark_box(points: np.ndarray, framing: dict = LANDMARK_FRAMING) -> tuple[
     cos, sin = np.cos(angle), np.sin(angle)
     dx, dy = framing["dx"] * scale, framing["dy"] * scale
     cx, cy = centre[0] + cos * dx - sin * dy, centre[1] + sin * dx + cos * dy
-    side = HOG_SIDE * HOG_STEP ** round(np.log(framing["side"] * scale / HOG_SIDE) / np.log(HOG_STEP))
+    side = framing["side"] * scale
+    if hog_steps:
+        side = HOG_SIDE * HOG_STEP ** round(np.log(side / HOG_SIDE) / np.log(HOG_STEP))
     half = (side - 1) / 2  # dlib's right and bottom are inside the box
     return (cx - half, cy - half, cx + half, cy + half)
 

@@ -30,6 +30,7 @@ class Settings:
     """Everything that decides what lands in a cache; kept in ``cache.json``."""
     detector: str = "hog"
     upsample: int = 0
+    framing: str = "hog"          # how the box the crops are framed on is made (landmarks.FRAMINGS)
     fallback: bool = True         # whole-image fallback for crops the detector misses
     fallback_inset: float = 0.08  # where HOG puts the face in a 200-px UTKFace chip (median)
     sizes: dict = field(default_factory=lambda: dict(crop.DEFAULT_SIZES))
@@ -194,7 +195,7 @@ def detect(image: np.ndarray, settings: Settings, threads: int = 1, limit: int |
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     reads_rgb = landmarks.detector_of(settings.detector).reads == "rgb"
     found = landmarks.detect_faces(cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if reads_rgb else gray,
-                                   settings.detector, settings.upsample, threads)
+                                   settings.detector, settings.upsample, threads, settings.framing)
     detector = settings.detector
     if not found and settings.fallback:
         found = [(landmarks.whole_image_box(width, height, settings.fallback_inset), None, None, None)]

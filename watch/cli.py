@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agefuse.cli import HelpFormatter, existing_file, int_at_least, json_text, output_folder, run_command
-from agefuse.regions import DETECTORS
+from agefuse.regions import DETECTORS, FRAMING_HELP, FRAMINGS
 
 from . import video
 from .tracks import AVERAGES
@@ -60,6 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="face detector (default: the one the model's training cache used)")
     parser.add_argument("--upsample", type=int_at_least(0), default=None,
                         help="finds faces down to 40 px instead of 80; slower (default: as the model's cache)")
+    parser.add_argument("--framing", default=None, choices=FRAMINGS, help=FRAMING_HELP)
     parser.add_argument("--video", default="annotated.mp4", help="annotated video's name in OUT (.mp4 or .avi)")
     parser.add_argument("--no-video", dest="video", action="store_const", const=None,
                         help="write no annotated video (saves the drawing and encoding time)")
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         settings = Settings(every=args.every, buffer=args.buffer, average=args.average, max_misses=args.max_misses,
                             tracker=args.tracker, detector=args.detector, upsample=args.upsample,
                             max_frames=args.max_frames)
-        estimator = FaceEstimator(args.model, args.detector, args.upsample, args.threads)
+        estimator = FaceEstimator(args.model, args.detector, args.upsample, args.threads, args.framing)
         estimator.model  # noqa: B018 (a property read: loaded now, so a wrong model path fails before any output file exists)
         total = min(filter(None, (source.frame_count, args.max_frames)), default=None)
         with tqdm(total=total, desc="watch", unit="frame", disable=None, dynamic_ncols=True) as bar, \

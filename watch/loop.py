@@ -61,21 +61,22 @@ class FaceEstimator:
     """Faces of a frame with their estimates. The model loads on first use."""
 
     def __init__(self, model_path: str | None, detector: str | None = None, upsample: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, framing: str | None = None):
         self.model_path, self.detector, self.upsample, self.threads = model_path, detector, upsample, threads
+        self.framing = framing
         self._model, self.pool = None, None
 
     @property
     def model(self):
         if self._model is None:
             self._model, _ = load_fused(self.model_path)
-            self._model.trace_branches()
+            self._model.trace()
             if self.threads:  # the branches side by side, one core each (FusedModel.features)
                 self.pool = branch_pool(self._model, self.threads)
         return self._model
 
     def __call__(self, frame: np.ndarray, clock: Stopwatch) -> list[tuple[Box, Measurement]]:
-        settings = crop_settings(self.model, self.detector, self.upsample)
+        settings = crop_settings(self.model, self.detector, self.upsample, framing=self.framing)
         with clock("faces"):  # detection, the landmarks and crops the model reads
             faces = find_faces(self.model, frame, settings, threads=self.threads or 1)
         if not faces:
