@@ -5,7 +5,7 @@
 Per branch alone (one torch thread), then all four per face: one after another, and side
 by side on two threads as agefuse-predict runs them. Ways: ``plain`` (the modules as
 trained), ``folded`` (norms folded into the convs, as load_fused gives them), ``traced``
-(folded, then traced and frozen by TorchScript: FusedModel.trace_branches), and with
+(folded, then traced and frozen by TorchScript: FusedModel.trace), and with
 ``--compile`` torch.compile (timed apart: its compile time is printed too).
 """
 import argparse
@@ -24,7 +24,7 @@ def main(args):
     torch.set_num_threads(1)
     plain, _ = load_fused(args.model, fold=False)
     folded = fold_norms(copy.deepcopy(plain))
-    traced = copy.deepcopy(folded).trace_branches()
+    traced = copy.deepcopy(folded).trace()
     ways = {"plain": list(plain.branches), "folded": list(folded.branches), "traced": list(traced.branches)}
     if args.compile:
         start = time.perf_counter()

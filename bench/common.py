@@ -55,7 +55,7 @@ def ready_model(path: str | None, threads: int):
     returns ``(model, pool, crop settings)``."""
     from agefuse.fusion import branch_pool, crop_settings, load_fused
     model, _ = load_fused(path)
-    model.trace_branches()
+    model.trace()
     return model, branch_pool(model, threads), crop_settings(model)
 
 

@@ -20,7 +20,7 @@ from agefuse.fusion import branch_pool, load_fused
 def main(args):
     model, state = load_fused(args.model)
     if not args.eager:
-        model.trace_branches()
+        model.trace()
     pool = branch_pool(model, args.threads) if args.side_by_side else None
     if not args.side_by_side:
         torch.set_num_threads(args.threads)

@@ -125,7 +125,7 @@ def test_a_model_of_the_original_branch_alone_predicts_as_from_every_crop(sample
 def test_traced_branches_predict_as_the_plain_ones(sample_fused, sample_cache, count):
     plain, _ = load_fused(sample_fused)
     traced, _ = load_fused(sample_fused)
-    traced.trace_branches()
+    traced.trace()
     assert all(isinstance(b, torch.jit.ScriptModule) for b in traced.branches)
     faces = [read_crops(sample_cache, row) for row in manifest_rows(sample_cache)[10:10 + count]]
     inputs, present = batch_inputs(plain, faces)  # traced at one face, run here at `count`
@@ -451,7 +451,7 @@ def test_a_cross_fit_model_scores_a_region_by_the_mean_of_its_fold_branches(samp
     np.testing.assert_allclose(folded.numpy(), block.numpy(), atol=1e-3)
     assert not np.allclose(expected[0].numpy(), expected[1].numpy(), atol=1e-3)  # two different branches
     # side by side (as predict runs it, traced) each fold branch is a task of its own, with the same features
-    model = load_fused(tmp_path / "fused" / "fused.pt")[0].trace_branches()
+    model = load_fused(tmp_path / "fused" / "fused.pt")[0].trace()
     assert model.task_count() == len(model.regions) + 1
     threads = torch.get_num_threads()
     try:
