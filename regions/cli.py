@@ -108,7 +108,8 @@ def check_settings(cache: Path, settings: Settings) -> None:
     """A cache holds crops of one set of settings: mixing two would be silent corruption."""
     path = cache / manifest.SETTINGS
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        # a cache.json from before --framing was made in the hog framing
+        recorded = {"framing": "hog", **json.loads(path.read_text())}
         differ = {k: (recorded.get(k), v) for k, v in settings.to_json().items()
                   if recorded.get(k) != v}
         if differ:

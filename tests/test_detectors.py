@@ -165,3 +165,17 @@ def test_a_cache_made_in_the_landmarks_framing_says_so_and_a_hog_framed_model_is
     model, _ = load_fused()  # learned from a cache in the hog framing
     with pytest.raises(ValueError, match="framing: 'landmarks' in the cache, 'hog' in the model"):
         check_cache_fits(model, tmp_path / "cache", "installed")
+
+
+def test_a_cache_from_before_the_framing_option_is_resumed_as_hog_framed(tmp_path):
+    import json
+
+    from agefuse.regions import read_settings
+    source = link_images(tmp_path / "images", sample_files(2, offset=5))
+    run_regions(source, "--cache", tmp_path / "cache", "--workers", 1)
+    settings = tmp_path / "cache" / "cache.json"
+    old = json.loads(settings.read_text())
+    del old["framing"]
+    settings.write_text(json.dumps(old))
+    run_regions(source, "--cache", tmp_path / "cache", "--workers", 1)  # no "made with other settings"
+    assert read_settings(tmp_path / "cache").framing == "hog"
