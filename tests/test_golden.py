@@ -16,11 +16,13 @@ def _generator():
     return module
 
 
-def test_the_installed_models_older_branch_names_are_read_as_crop_and_network():
+def test_the_installed_models_branches_are_its_recipes_each_on_the_original_crop():
+    from agefuse import recipe as recipes
     from agefuse.fusion import load_fused
     model, state = load_fused(None)
-    assert list(state["branch_args"]) == model.regions == ["original", "original_gender_cnn"]
-    assert model.crops == {"original": "original", "original_gender_cnn": "original"}
+    recipe = recipes.load(ROOT / "fusion" / "default" / "recipe.toml")
+    assert list(state["branch_args"]) == model.regions == list(recipe.branches)
+    assert model.crops == {name: "original" for name in recipe.branches}  # predict skips the 68 landmarks
 
 
 def test_installed_model_predicts_the_golden_ages():
