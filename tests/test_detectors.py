@@ -68,10 +68,10 @@ def shifts(parity: dict, framing: str, name: str) -> tuple[list, list, list]:
 def test_in_the_landmarks_framing_every_detector_gives_hogs_crops_and_ages(parity, name):
     """Every box, HOG's too, framed from the 68 landmarks: on the median face the crops within
     1.5 px of HOG's and the age within 0.3 years, and at least 4 faces in 5 within 0.3 years.
-    Measured 2026-12-07: cnn and mtcnn 11 faces, aligned crops median 1.0 px (max 7.0 and
-    3.2), original 0.5-0.6 px (max 3.2 and 1.9), 10 of 11 ages within 0.25 years; the 11th, the
-    80-year-old, is where the installed model itself is torn between 2 and 85 (a 1-px shift of
-    HOG's own box moves it from 63.4 to 71.0 years). Haar 7 faces, median 0 px."""
+    Measured 2026-12-07 (the installed model of b8d6ba1): cnn and mtcnn 11 faces, aligned crops
+    median 1.0 px (max 7.0 and 3.2), original 0.5-0.6 px (max 3.2 and 1.9), |age - HOG's| mean
+    0.08 (max 0.36); haar 7 faces, median 0 px, but one face framed on another part of the chip
+    (200 px, 20.5 years)."""
     aligned, framed, ages = shifts(parity, "landmarks", name)
     assert np.median(aligned) <= 1.5 and np.median(framed) <= 1.5
     assert np.median(ages) <= 0.3 and np.mean(np.array(ages) <= 0.3) >= 0.8
@@ -82,9 +82,9 @@ def test_in_the_hog_framing_every_detector_comes_near_hogs_own_box(parity, name)
     """HOG's own box moves with the face's place on its 8-px grid and in side steps of 1.2, so
     a box mapped to it is off by about that: on the median face the landmark-placed crops
     within 3 px of HOG's, ``original`` within 15 px of a 200-px crop, the age within 2.5
-    years. Measured 2026-12-07: cnn and mtcnn 11 faces, aligned crops median 1.4 px (max 6.8),
-    original median 11.5 px (max 28), |age - HOG's| mean 1.0 (max 2.6); haar 7 faces, 2.7 px,
-    13.6 px, mean 4.0 (one face framed apart: max 204 px, 21 years)."""
+    years. Measured 2026-12-07 (the installed model of b8d6ba1): cnn and mtcnn 11 faces,
+    aligned crops median 1.4 px (max 6.8), original median 11.4-11.6 px (max 28), |age - HOG's|
+    mean 0.8 (max 3.4); haar 7 faces, 2.7 px, 13.6 px, mean 6.7 (one face framed apart)."""
     aligned, framed, ages = shifts(parity, "hog", name)
     assert np.median(aligned) <= 3.0 and np.median(framed) <= 15.0
     assert np.median(ages) <= 2.5
