@@ -63,7 +63,8 @@ class Estimator:
     ``whole_image_fallback``: an image with no detected face is taken as one cropped face;
     ``threads``: CPU cores (branches side by side, the detection shared between two); more
     than one sets torch's thread count, which is one for the whole process, so the default
-    leaves it alone."""
+    leaves it alone. ``.model`` is traced for speed (``FusedModel.trace``): load the file with
+    ``agefuse.fusion.load_fused`` to save or export it."""
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu", detector: str | None = None,
                  upsample: int | None = None, whole_image_fallback: bool = False, threads: int = 1,

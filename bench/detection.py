@@ -178,7 +178,8 @@ if __name__ == "__main__":
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="fused.pt (default: the installed model)")
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--faces", type=int, default=6, help="one-face photos per condition")
-    parser.add_argument("--framing", choices=FRAMINGS, default="hog",
-                        help="how each face's box is made (landmarks: every detector's from the 68 landmarks)")
+    parser.add_argument("--framing", choices=FRAMINGS, default=None,
+                        help="how each face's box is made (landmarks: every detector's from the 68 landmarks; "
+                             "default: as the model's training cache)")
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

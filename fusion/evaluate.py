@@ -4,7 +4,7 @@
     agefuse-evaluate --images photos/ [--labels labels.csv] [--upsample 1] --out runs/eval
 
 A plain folder goes through the same regions pipeline first (into ``OUT/cache``), finding
-faces as the model's training cache did (``--detector``, ``--upsample`` as agefuse-predict);
+faces as the model's training cache did (``--detector``, ``--upsample``, ``--framing`` as agefuse-predict);
 a cache cut with other crop settings than the model's is refused. Reports
 age MAE, MSE, R², CS@5, MAE per decade and per race, minors-vs-adults precision/recall, and
 gender accuracy, precision, recall, F1 and confusion matrix; writes ``evaluation.json``,

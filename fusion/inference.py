@@ -59,7 +59,7 @@ CROP_FIELDS = ("detector", "upsample", "framing", "fallback_inset")
 
 def check_cache_fits(model: FusedModel, cache, model_name: str) -> None:
     """Refuses (``ValueError``, one line) a cache whose crops were cut otherwise than the
-    model learned from: another detector, upsampling, fallback box or crop size gives other
+    model learned from: another detector, upsampling, framing, fallback box or crop size gives other
     pixels, and scoring those says nothing true about the model (an MAE of 11 for 5)."""
     from agefuse.regions import read_settings
     cached, learned = read_settings(cache), model.crop_settings

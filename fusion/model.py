@@ -228,31 +228,31 @@ class FusedModel(nn.Module):
         branches are faster, most of all two side by side, which no longer take turns at the
         GIL (bench/branch_latency.py). Outputs are the same (tests/test_fusion.py).
         Trace last: after ``.to(device)`` and ``.eval()``; a traced model is not for saving.
-        Where tracing fails (a torch without TorchScript), a warning, and the plain branches."""
-        traced = []  # (branch, its traced parts): swapped in only once every branch has traced
-        for branch, size in zip(self.branches, self.image_sizes):
-            example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.ages.device)
-            try:
-                with warnings.catch_warnings():
-                    # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which
-                    # spends about a minute compiling the four branches here: too long for one photo
-                    warnings.simplefilter("ignore", FutureWarning)
-                    # the residuals' padding reads shapes: constants at the branch's one size
-                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    parts = [torch.jit.freeze(torch.jit.trace(part.eval(), example, strict=False))
-                             for part in self.parts(branch)]
-            except (AttributeError, RuntimeError) as err:
-                warnings.warn(f"the branches run untraced (TorchScript failed: {err})", stacklevel=2)
-                return self
-            traced.append((branch, parts))
+        Where tracing fails (a torch without TorchScript), a warning, and the plain branches and head."""
+        head_example = torch.zeros(1, len(self.regions) * (self.block.width + 1), device=self.ages.device)
+        traced = []  # (branch, its traced parts): swapped in only once every part has traced
+        try:
+            with warnings.catch_warnings():
+                # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which
+                # spends about a minute compiling the four branches here: too long for one photo
+                warnings.simplefilter("ignore", FutureWarning)
+                # the residuals' padding reads shapes: constants at the branch's one size
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                for branch, size in zip(self.branches, self.image_sizes):
+                    example = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.ages.device)
+                    traced.append((branch, [torch.jit.freeze(torch.jit.trace(part.eval(), example, strict=False))
+                                            for part in self.parts(branch)]))
+                # the head too: five small heads cost about 1 ms of Python a photo untraced, 0.3 traced
+                head = torch.jit.freeze(torch.jit.trace(self.head.eval(), head_example))
+        except (AttributeError, RuntimeError) as err:
+            warnings.warn(f"the branches run untraced (TorchScript failed: {err})", stacklevel=2)
+            return self
         for branch, parts in traced:
             if isinstance(branch, FoldAverage):  # its members traced apart, so a pool still runs them apart
                 branch.members = nn.ModuleList(parts)
         self.branches = nn.ModuleList(branch if isinstance(branch, FoldAverage) else parts[0]
                                       for branch, parts in traced)
-        # the head too: five small heads cost about 1 ms of Python a photo untraced, 0.3 traced
-        example = torch.zeros(1, len(self.regions) * (self.block.width + 1), device=self.ages.device)
-        self.head = torch.jit.freeze(torch.jit.trace(self.head.eval(), example))
+        self.head = head
         return self
 
     def outputs(self, views: list[torch.Tensor], present: torch.Tensor,

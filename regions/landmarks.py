@@ -117,15 +117,15 @@ class Detector:
     becomes the box dlib's 68-point predictor starts from, (dx, dy, scale) of the box's side
     (the HOG box's centre at the box's centre plus (dx, dy) sides, its side ``scale`` sides),
     fitted against the HOG boxes of the same faces by ``tools/fit_detector_boxes.py``; None for
-    HOG itself, whose box is the framing every crop and model is made on."""
+    HOG itself, whose own box the ``hog`` framing keeps (``FRAMINGS``)."""
     find: Callable[[np.ndarray, int, int], list[Found]]
     reads: str
     start: tuple[float, float, float] | None
 
 
 # The face detectors by name: every --detector's choices. A detector other than HOG gives its
-# faces in HOG's framing (``hog_framing``), so a model learned from HOG crops is served the same
-# crops through any of them.
+# faces in HOG's framing (``hog_framing``): within HOG's own jitter of its box in the ``hog``
+# framing, the same crops in the ``landmarks`` one (``FRAMINGS``).
 DETECTORS = {
     # dlib's frontal HOG + linear SVM detector: fast, frontal faces of about 80 px and up
     "hog": Detector(_find_hog, "any", start=None),

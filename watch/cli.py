@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         # torch comes in with the loop: a wrong source is answered at once, without it
         from .loop import FaceEstimator, Settings, watch
         settings = Settings(every=args.every, buffer=args.buffer, average=args.average, max_misses=args.max_misses,
-                            tracker=args.tracker, detector=args.detector, upsample=args.upsample,
+                            tracker=args.tracker, detector=args.detector, upsample=args.upsample, framing=args.framing,
                             max_frames=args.max_frames)
         estimator = FaceEstimator(args.model, args.detector, args.upsample, args.threads, args.framing)
         estimator.model  # noqa: B018 (a property read: loaded now, so a wrong model path fails before any output file exists)

@@ -39,6 +39,7 @@ class Settings:
     tracker: str = "correlation"
     detector: str | None = None  # None: as the model's training cache
     upsample: int | None = None
+    framing: str | None = None   # None: as the model's training cache
     max_frames: int | None = None
 
 
