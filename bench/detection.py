@@ -2,6 +2,7 @@
 from the sample faces, and the installed model's age MAE through each detector.
 
     python bench/detection.py [--faces 6] [--detectors hog,cnn,haar,mtcnn] [--model fused.pt] [--framing landmarks]
+        [--group group.jpg --group-faces 6]
 
 Each condition pastes ``--faces`` sample chips (seeded), one per 480x360 photo, at a random
 place: at face sizes down to 24 px, turned in the image plane, turned away (a perspective warp
@@ -170,6 +171,27 @@ def main(args) -> None:
     for d in detectors:
         own = list(errors[d].values())
         print(f"| {d} | {len(own)} | {np.mean(own):.2f} | {np.mean([errors[d][k] for k in common]):.2f} |")
+    if args.group:
+        group_photo(model, detectors, args.group, args.group_faces, args.framing)
+
+
+def group_photo(model, detectors: list[str], path: str, people: int, framing: str | None) -> None:
+    """A real photo of ``people`` faces (no boxes are known: faces found against the count of
+    people, more than that is at least that many false detections), median ms of 3 calls."""
+    photo = cv2.imread(path)
+    if photo is None:
+        raise SystemExit(f"{path}: not a readable image")
+    print(f"\nreal group photo {path} ({photo.shape[1]}x{photo.shape[0]}, {people} people):")
+    print("| detector | faces found | median ms |")
+    print("|---|---|---|")
+    for detector in detectors:
+        settings = crop_settings(model, detector, upsample=0, framing=framing)
+        times, found = [], 0
+        for _ in range(3):
+            start = time.perf_counter()
+            found = len(find_faces(model, photo, settings))
+            times.append(time.perf_counter() - start)
+        print(f"| {detector} | {found} of {people} | {1000 * np.median(times):.0f} |")
 
 
 if __name__ == "__main__":
@@ -178,6 +200,8 @@ if __name__ == "__main__":
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="fused.pt (default: the installed model)")
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--faces", type=int, default=6, help="one-face photos per condition")
+    parser.add_argument("--group", default=None, help="also a real photo of several people (e.g. insightface's t1.jpg)")
+    parser.add_argument("--group-faces", type=int, default=6, help="how many people the --group photo shows")
     parser.add_argument("--framing", choices=FRAMINGS, default=None,
                         help="how each face's box is made (landmarks: every detector's from the 68 landmarks; "
                              "default: as the model's training cache)")
