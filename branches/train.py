@@ -148,13 +148,15 @@ def parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]:
 
 def start_from(model, path: str, model_args: dict) -> None:
     """``model`` takes the weights of the trained branch at ``path``, which must be the same
-    network (its region and the faces it saw may differ)."""
+    network (its region, the faces it saw and its image size may differ: every backbone pools
+    its last map to a fixed size, so its weights fit any input, and a 150-px face ResNet starts
+    a 128-px one)."""
     if not Path(path).is_file():
         raise CheckpointError(f"--init {path}: no branch checkpoint here")
     state = load_checkpoint(path)
     theirs, ours = state["model_args"], {**model_args}
     differ = [f"{k} is {theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
-              if k not in ("region", "fold") and theirs.get(k) != v]
+              if k not in ("region", "fold", "image_size") and theirs.get(k) != v]
     if differ:
         raise CheckpointError(f"--init {path}: another network: " + ", ".join(differ))
     model.load_state_dict(state["model"])

@@ -124,6 +124,21 @@ def test_checkpoint_from_another_model_is_refused(sample_cache, tmp_path):
         load_checkpoint(out / "newer.pt", {k: v for k, v in state["model_args"].items() if k != "future_setting"})
 
 
+def test_a_branch_starts_from_one_of_another_image_size_but_not_from_another_network(tmp_path):
+    args = {"region": "original", "model": "dlib_face_resnet", "max_age": 100, "embedding_dim": 64,
+            "image_size": 150, "feature_scale": 8.0, "fold": None}
+    trained = create_model("dlib_face_resnet", pretrained=False, embedding_dim=64, feature_scale=8.0)
+    torch.save({"model": trained.state_dict(), "model_args": args, "round": 1}, tmp_path / "best.pt")
+    student = create_model("dlib_face_resnet", pretrained=False, embedding_dim=64, feature_scale=8.0)
+    train.start_from(student, str(tmp_path / "best.pt"), {**args, "image_size": 128})
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in student.state_dict().items())
+    with torch.inference_mode():  # the 150-px weights run at 128 px
+        assert torch.isfinite(student.eval()(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))["age"]).all()
+    with pytest.raises(CheckpointError, match="model is 'dlib_face_resnet' there, 'dlib_age_resnet' here"):
+        train.start_from(create_model("dlib_age_resnet", pretrained=False), str(tmp_path / "best.pt"),
+                         {**args, "model": "dlib_age_resnet"})
+
+
 def test_head_lr_moves_the_new_layers_at_their_own_rate(sample_cache, tmp_path):
     out = tmp_path / "run"
     assert train.main(train_args(sample_cache, out, "--max-rounds", 1, "--lr", 1e-7, "--head-lr", 3e-3)) == 0
